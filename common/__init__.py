@@ -1,0 +1,1 @@
+"""Code shared by the shop services and the gateway: errors, RPC, database, schemas."""

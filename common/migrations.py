@@ -1,0 +1,27 @@
+"""The body of every service's Alembic ``env.py``.
+
+The database URL is, in order: ``sqlalchemy.url`` set on the Alembic config (tests do
+this), else the service's entry in config.yml's ``DB_URIS`` (environment substituted).
+"""
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from common.config import load_config
+
+
+def database_uri(service_name, base_name="Base"):
+    return load_config()["DB_URIS"][f"{service_name}:{base_name}"]
+
+
+def run_migrations(service_name, target_metadata):
+    url = context.config.get_main_option("sqlalchemy.url") or database_uri(service_name)
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()

@@ -1,0 +1,36 @@
+"""marshmallow helpers shared by the services' schemas."""
+from marshmallow import Schema, fields, validate
+from marshmallow import ValidationError as MarshmallowValidationError
+
+from common.db import MAX_INT4
+from common.errors import ValidationError
+
+NOT_BLANK = validate.Regexp(r"\s*\S", error="Must not be blank.")
+
+
+def load(schema, data):
+    """Validate ``data`` with ``schema``; raise a 422 :class:`ValidationError` naming every
+    bad field (``details`` maps field -> list of messages) instead of marshmallow's error."""
+    if not isinstance(data, dict):
+        raise ValidationError("the body must be a JSON object", {"_schema": ["Not an object."]})
+    try:
+        return schema.load(data)
+    except MarshmallowValidationError as exc:
+        raise ValidationError("the request is invalid", exc.normalized_messages()) from None
+
+
+class LineItemSchema(Schema):
+    """One order line on the wire between orders and products: ``{"id", "quantity"}``."""
+
+    id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4))
+    quantity = fields.Integer(
+        strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4)
+    )
+
+
+def merge_line_items(items):
+    """``{product_id: total quantity}`` in ascending id order (duplicate ids add up)."""
+    quantities = {}
+    for item in items:
+        quantities[item["id"]] = quantities.get(item["id"], 0) + item["quantity"]
+    return dict(sorted(quantities.items()))

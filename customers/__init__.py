@@ -1,0 +1,1 @@
+"""Customers service: who may place orders."""

@@ -1,0 +1,70 @@
+"""Customers service: RPC contracts over the customers database."""
+from nameko.dependency_providers import Config
+from sqlalchemy.exc import IntegrityError
+
+from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.pagination import keyset_page, page_params
+from common.rpc import rpc
+from common.schemas import load
+from customers.exceptions import CustomerNotFound, EmailAlreadyRegistered
+from customers.models import Base, Customer
+from customers.schemas import CreateCustomerSchema, CustomerSchema
+
+customer_schema = CustomerSchema()
+
+
+class CustomersService:
+    name = "customers"
+
+    db = Database(Base)
+    config = Config()
+
+    @rpc
+    def ping(self):
+        """Liveness probe: returns ``"pong"``; touches nothing."""
+        return "pong"
+
+    @rpc
+    def create_customer(self, payload):
+        """Create a customer from ``{"name", "email"}``.
+
+        Returns the customer (``id``, ``name``, ``email`` lower-cased, ``created_at``).
+        Raises ValidationError (422) for a bad payload, EmailAlreadyRegistered (409) if the
+        email is taken. Not idempotent by itself: the email uniqueness makes a replay a 409.
+        """
+        data = load(CreateCustomerSchema(), payload)
+        customer = Customer(**data)
+        with database_errors_as_unavailable():
+            try:
+                with self.db.get_session() as session:
+                    session.add(customer)
+                    session.flush()
+                    return customer_schema.dump(customer)
+            except IntegrityError:
+                raise EmailAlreadyRegistered(
+                    f"a customer with email {data['email']} already exists",
+                    {"email": data["email"]},
+                ) from None
+
+    @rpc
+    def get_customer(self, customer_id):
+        """The customer with ``customer_id``; raises CustomerNotFound (404). Read-only."""
+        if not is_valid_id(customer_id):
+            raise CustomerNotFound.for_id(customer_id)
+        with database_errors_as_unavailable():
+            customer = self.db.session.get(Customer, customer_id)
+            if customer is None:
+                raise CustomerNotFound.for_id(customer_id)
+            return customer_schema.dump(customer)
+
+    @rpc
+    def list_customers(self, limit=None, after=None):
+        """One page of customers in id order: ``{"items": [...], "next_after": id|None}``.
+
+        ``limit`` defaults to PAGE_DEFAULT_LIMIT (max PAGE_MAX_LIMIT), ``after`` is the
+        last id of the previous page. Raises ValidationError (422). Read-only.
+        """
+        limit, after = page_params(self.config, limit, after)
+        with database_errors_as_unavailable():
+            rows, next_after = keyset_page(self.db.session, Customer, limit, after)
+            return {"items": customer_schema.dump(rows, many=True), "next_after": next_after}

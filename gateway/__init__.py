@@ -1,0 +1,1 @@
+"""HTTP gateway: maps the REST routes onto the services' RPCs; owns only HTTP concerns."""

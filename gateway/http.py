@@ -1,0 +1,141 @@
+"""The gateway's HTTP layer: Nameko's ``@http`` with JSON everywhere.
+
+Nameko's stock web server answers unknown routes and wrong methods with werkzeug's HTML
+pages, and its entrypoint answers exceptions with ``text/plain`` 400/500 bodies. Here every
+answer that is not a success is the JSON envelope of :mod:`common.errors`, whether it comes
+from routing (404, 405), from parsing the body (400, 413, 415) or from a service (any
+ShopError, which keeps its status). Anything else is a bug: logged with its traceback once,
+answered as a bare 500 envelope with no detail.
+
+The listening socket gets a configurable backlog (``WEB_LISTEN_BACKLOG``); eventlet's
+default of 50 resets connections in bursts.
+"""
+import json
+
+import eventlet
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from common.errors import (
+    BadRequest, InternalError, PayloadTooLarge, ShopError, UnsupportedMediaType,
+    from_http_status,
+)
+
+DEFAULT_LISTEN_BACKLOG = 1024
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+def json_response(body, status=200, headers=None):
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        headers=headers,
+        mimetype="application/json",
+    )
+
+
+def error_response(exc):
+    """The JSON envelope for ``exc``; unexpected exceptions become an opaque 500."""
+    if isinstance(exc, HTTPException):
+        exc = from_http_status(exc.code, exc.description)
+    if not isinstance(exc, ShopError):
+        exc = InternalError()
+    headers = None
+    if exc.status == 405 and "allowed" in exc.details:
+        headers = {"Allow": ", ".join(exc.details["allowed"])}
+    return json_response(exc.to_dict(), exc.status, headers)
+
+
+def read_json(request, max_bytes):
+    """The request body parsed as JSON.
+
+    Raises PayloadTooLarge (413) above ``max_bytes``, UnsupportedMediaType (415) for a
+    declared non-JSON content type, BadRequest (400) for an empty, non-UTF-8 or malformed
+    body. A body without a Content-Type is read as JSON.
+    """
+    if request.mimetype and request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            f"expected an application/json body, got {request.mimetype}",
+            {"content_type": request.mimetype},
+        )
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(
+            f"the body may not exceed {max_bytes} bytes", {"max_bytes": max_bytes}
+        )
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(
+            f"the body may not exceed {max_bytes} bytes", {"max_bytes": max_bytes}
+        )
+    if not raw.strip():
+        raise BadRequest("the request body is empty; a JSON object is expected")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest("the request body is not valid JSON", {"reason": str(exc)}) from None
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class JsonWsgiApp(WsgiApp):
+    """Nameko's WSGI app (same flow) with routing errors rendered as JSON envelopes."""
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, shallow=True)
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+            request.path_values = values
+            response = provider.handle_request(request)
+        except HTTPException as exc:
+            response = error_response(routing_error(exc, environ))
+        return response(environ, start_response)
+
+
+def routing_error(exc, environ):
+    """The ShopError for werkzeug's routing 404 / 405, naming the path or allowed methods."""
+    if exc.code == 405:
+        allowed = sorted(getattr(exc, "valid_methods", None) or [])
+        return from_http_status(
+            405, f"{environ['REQUEST_METHOD']} is not allowed here", {"allowed": allowed}
+        )
+    if exc.code == 404:
+        return from_http_status(404, f"no route for {environ.get('PATH_INFO', '')}")
+    return from_http_status(exc.code, exc.description)
+
+
+class JsonWebServer(WebServer):
+    def get_wsgi_app(self):
+        return JsonWsgiApp(self)
+
+    def start(self):
+        if not self._starting:
+            self._starting = True
+            backlog = int(self.container.config.get("WEB_LISTEN_BACKLOG", DEFAULT_LISTEN_BACKLOG))
+            self._sock = eventlet.listen(self.bind_addr, backlog=backlog)
+            self._sock.settimeout(None)  # see nameko.web.server.WebServer.start
+            self._serv = self.get_wsgi_server(self._sock, self.get_wsgi_app())
+            self._gt = self.container.spawn_managed_thread(self.run)
+
+
+class JsonHttpEntrypoint(HttpRequestHandler):
+    """``@http`` whose errors are JSON envelopes; ShopErrors are expected outcomes."""
+
+    server = JsonWebServer()
+
+    def __init__(self, method, url, **kwargs):
+        kwargs.setdefault("expected_exceptions", ShopError)
+        super().__init__(method, url, **kwargs)
+
+    def response_from_exception(self, exc):
+        # Unexpected exceptions were already logged, with traceback, by nameko's container.
+        return error_response(exc)
+
+
+http = JsonHttpEntrypoint.decorator

@@ -1,0 +1,82 @@
+"""The HTTP gateway: every REST route of the shop, each one RPC away from its service.
+
+Runs as one process per address in ``GATEWAY_ADDRESSES`` (8000, 8001, 8002 by default);
+each process serves every route. Status codes: POST 201 with a ``Location`` header, GET
+200, errors as the JSON envelope of :mod:`common.errors`. List routes return a JSON array
+and, when there is a next page, a ``Link: <...>; rel="next"`` header.
+"""
+from urllib.parse import urlencode
+
+from nameko.dependency_providers import Config
+
+import gateway.exceptions  # noqa: F401  (registers the services' errors)
+from common.rpc import BoundedRpcProxy
+from gateway.http import DEFAULT_MAX_BODY_BYTES, http, json_response, read_json
+
+
+class GatewayService:
+    name = "gateway"
+
+    config = Config()
+    customers = BoundedRpcProxy("customers")
+    products = BoundedRpcProxy("products")
+    orders = BoundedRpcProxy("orders")
+
+    @http("GET", "/health")
+    def health(self, request):
+        """The gateway process is up (it does not call the services)."""
+        return json_response({"status": "ok"})
+
+    @http("POST", "/api/customers")
+    def create_customer(self, request):
+        customer = self.customers.create_customer(self._body(request))
+        return self._created(customer, f"/api/customers/{customer['id']}")
+
+    @http("GET", "/api/customers")
+    def list_customers(self, request):
+        return self._page(request, self.customers.list_customers)
+
+    @http("GET", "/api/customers/<int:customer_id>")
+    def get_customer(self, request, customer_id):
+        return json_response(self.customers.get_customer(customer_id))
+
+    @http("POST", "/api/products")
+    def create_product(self, request):
+        product = self.products.create_product(self._body(request))
+        return self._created(product, f"/api/products/{product['id']}")
+
+    @http("GET", "/api/products")
+    def list_products(self, request):
+        return self._page(request, self.products.list_products)
+
+    @http("GET", "/api/products/<int:product_id>")
+    def get_product(self, request, product_id):
+        return json_response(self.products.get_product(product_id))
+
+    @http("POST", "/api/orders")
+    def create_order(self, request):
+        order = self.orders.create_order(self._body(request))
+        return self._created(order, f"/api/orders/{order['id']}")
+
+    @http("GET", "/api/orders/<int:order_id>")
+    def get_order(self, request, order_id):
+        return json_response(self.orders.get_order(order_id))
+
+    def _body(self, request):
+        return read_json(request, int(self.config.get("HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
+
+    @staticmethod
+    def _created(resource, location):
+        return json_response(resource, 201, {"Location": location})
+
+    @staticmethod
+    def _page(request, list_rpc):
+        """Call a keyset ``list_*`` RPC with ``?limit=&after=``; answer the items as an
+        array, with a ``Link`` header to the next page when there is one."""
+        limit = request.args.get("limit")
+        page = list_rpc(limit=limit, after=request.args.get("after"))
+        headers = {}
+        if page["next_after"] is not None:
+            query = {"after": page["next_after"], **({"limit": limit} if limit else {})}
+            headers["Link"] = f'<{request.base_url}?{urlencode(query)}>; rel="next"'
+        return json_response(page["items"], 200, headers)

@@ -1,0 +1,1 @@
+"""Orders service: takes an order, reserves its stock through products, records it."""

@@ -1,0 +1,32 @@
+"""Wire formats of the orders service."""
+from marshmallow import Schema, fields, validate
+
+from common.db import MAX_INT4
+from common.schemas import LineItemSchema
+
+
+class CreateOrderSchema(Schema):
+    """``create_order`` input: ``{"customer_id", "products": [{"id", "quantity"}]}``."""
+
+    customer_id = fields.Integer(
+        strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4)
+    )
+    products = fields.List(
+        fields.Nested(LineItemSchema), required=True, validate=validate.Length(min=1, max=100)
+    )
+
+
+class OrderLineSchema(Schema):
+    product_id = fields.Integer()
+    name = fields.String(attribute="product_name")
+    quantity = fields.Integer()
+    unit_price = fields.Decimal(places=2, as_string=True)
+
+
+class OrderSchema(Schema):
+    id = fields.Integer()
+    customer_id = fields.Integer()
+    status = fields.String()
+    total = fields.Decimal(places=2, as_string=True)
+    lines = fields.List(fields.Nested(OrderLineSchema))
+    created_at = fields.DateTime()

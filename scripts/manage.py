@@ -1,0 +1,131 @@
+"""Operations behind the Makefile: databases, migrations, seed data, supervisor, readiness.
+
+Run from the repository root with the project's virtualenv, e.g.
+``.venv/bin/python scripts/manage.py migrate``. Settings come from config.yml (or
+``$SHOP_CONFIG``), environment variables substituted.
+"""
+import argparse
+import os
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import admin  # noqa: E402
+from common.config import ROOT, load_config  # noqa: E402
+
+
+def database_uris(config):
+    return {
+        service: config["DB_URIS"][f"{service}:Base"] for service in admin.SERVICES_WITH_DATABASE
+    }
+
+
+def cmd_setup(args, config):
+    for service, uri in database_uris(config).items():
+        created = admin.create_database(uri)
+        print(f"{service}: database {uri.rsplit('/', 1)[-1]} {'created' if created else 'exists'}")
+
+
+def cmd_migrate(args, config):
+    for service, uri in database_uris(config).items():
+        admin.migrate(service, uri)
+        print(f"{service}: migrated to head")
+
+
+def cmd_seed(args, config):
+    from scripts.seed import seed
+
+    seed(database_uris(config), customers=args.customers, products=args.products)
+
+
+def cmd_supervisor_conf(args, config):
+    from scripts.supervisor import write_supervisor_conf
+
+    path = write_supervisor_conf(config, args.run_dir)
+    print(path)
+
+
+def gateway_urls(config):
+    urls = []
+    for address in config["GATEWAY_ADDRESSES"]:
+        host, port = str(address).rsplit(":", 1)
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        urls.append(f"http://{host}:{port}")
+    return urls
+
+
+def cmd_wait(args, config):
+    """Wait until every gateway answers /health and every service answers an RPC ping."""
+    deadline = time.monotonic() + args.timeout
+    pending = set(gateway_urls(config))
+    services = {"customers", "products", "orders"}
+    while pending or services:
+        for url in sorted(pending):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        pending.discard(url)
+            except OSError:
+                pass
+        services -= {name for name in services if ping(config, name, timeout=2)}
+        if not (pending or services):
+            break
+        if time.monotonic() > deadline:
+            print(
+                f"not ready after {args.timeout}s: "
+                + ", ".join(sorted(pending) + sorted(services))
+                + " (see `make logs`)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+        time.sleep(0.5)
+    for url in gateway_urls(config):
+        print(f"gateway ready: {url}/api/...")
+
+
+def ping(config, service, timeout):
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    try:
+        with ClusterRpcProxy(config, timeout=timeout) as cluster:
+            return getattr(cluster, service).ping() == "pong"
+    except Exception:
+        return False
+
+
+def cmd_ping(args, config):
+    ok = ping(config, args.service, args.timeout)
+    print(f"{args.service}: {'pong' if ok else 'no answer'}")
+    sys.exit(0 if ok else 1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: config.yml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="create the three databases").set_defaults(func=cmd_setup)
+    sub.add_parser("migrate", help="alembic upgrade head, each service").set_defaults(
+        func=cmd_migrate
+    )
+    seed = sub.add_parser("seed", help="fake customers and products (faker)")
+    seed.add_argument("--customers", type=int, default=100)
+    seed.add_argument("--products", type=int, default=100)
+    seed.set_defaults(func=cmd_seed)
+    conf = sub.add_parser("supervisor-conf", help="write the supervisord configuration")
+    conf.add_argument("--run-dir", default=os.path.join(ROOT, ".run"))
+    conf.set_defaults(func=cmd_supervisor_conf)
+    wait = sub.add_parser("wait", help="wait until gateways and services answer")
+    wait.add_argument("--timeout", type=float, default=90)
+    wait.set_defaults(func=cmd_wait)
+    ping_cmd = sub.add_parser("ping", help="RPC ping one service")
+    ping_cmd.add_argument("service")
+    ping_cmd.add_argument("--timeout", type=float, default=5)
+    ping_cmd.set_defaults(func=cmd_ping)
+    args = parser.parse_args(argv)
+    args.func(args, load_config(args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The supervisord configuration `make up` runs, written from config.yml.
+
+One program per service (``PROCESSES`` in config.yml gives the process count) and one
+gateway program per address in ``GATEWAY_ADDRESSES``. supervisord restarts a process that
+dies, stops them with SIGTERM (Nameko lets in-flight workers finish) and keeps each
+process's log under ``.run/logs``.
+"""
+import os
+import sys
+
+from common.config import ROOT
+
+HEADER = """\
+; Written by `make up` (scripts/supervisor.py) from config.yml; edits are overwritten.
+[unix_http_server]
+file={run}/supervisor.sock
+
+[supervisord]
+logfile={run}/logs/supervisord.log
+pidfile={run}/supervisord.pid
+childlogdir={run}/logs
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{run}/supervisor.sock
+"""
+
+PROGRAM = """
+[program:{name}]
+command={nameko} run --config {root}/config.yml {module}
+directory={root}
+process_name=%(program_name)s-%(process_num)d
+numprocs={processes}
+environment=PYTHONPATH="{root}"{extra_env}
+autostart=true
+autorestart=true
+startsecs=3
+startretries=20
+stopsignal=TERM
+stopwaitsecs=30
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={run}/logs/%(program_name)s-%(process_num)d.log
+stdout_logfile_maxbytes=20MB
+stdout_logfile_backups=2
+"""
+
+
+def render(config, run_dir):
+    nameko = os.path.join(os.path.dirname(sys.executable), "nameko")
+    common = {"nameko": nameko, "root": ROOT, "run": run_dir}
+    parts = [HEADER.format(**common)]
+    for service, processes in config["PROCESSES"].items():
+        parts.append(
+            PROGRAM.format(
+                name=service, module=f"{service}.service", processes=int(processes),
+                extra_env="", **common,
+            )
+        )
+    for address in config["GATEWAY_ADDRESSES"]:
+        port = str(address).rsplit(":", 1)[-1]
+        parts.append(
+            PROGRAM.format(
+                name=f"gateway-{port}", module="gateway.service", processes=1,
+                extra_env=f',WEB_SERVER_ADDRESS="{address}"', **common,
+            )
+        )
+    return "".join(parts)
+
+
+def write_supervisor_conf(config, run_dir):
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    path = os.path.join(run_dir, "supervisord.conf")
+    with open(path, "w") as stream:
+        stream.write(render(config, run_dir))
+    return path
