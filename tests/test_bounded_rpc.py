@@ -1,0 +1,68 @@
+"""common.rpc.BoundedRpcProxy against real RabbitMQ: no call waits past its bound."""
+import time
+
+import eventlet
+import pytest
+from nameko.rpc import rpc
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from common.errors import GatewayTimeout, ServiceUnavailable
+from common.rpc import BoundedRpcProxy
+
+
+class SlowService:
+    name = "slow"
+
+    @rpc
+    def wait(self, seconds):
+        eventlet.sleep(seconds)
+        return "done"
+
+
+class CallerService:
+    name = "caller"
+
+    slow = BoundedRpcProxy("slow", timeout=0.5)
+    absent = BoundedRpcProxy("absent")
+
+    @rpc
+    def call_slow(self, seconds):
+        return self.slow.wait(seconds)
+
+    @rpc
+    def call_absent(self):
+        return self.absent.anything()
+
+
+@pytest.fixture
+def caller(container_factory, rabbit_config):
+    config = {**rabbit_config, "RPC_TIMEOUT": 0.5}
+    container_factory(SlowService, config).start()
+    container = container_factory(CallerService, config)
+    container.start()
+    with ClusterRpcProxy(config, timeout=10) as cluster:
+        yield cluster.caller, container
+
+
+def test_fast_answers_pass_through(caller):
+    proxy, _ = caller
+    assert proxy.call_slow(0) == "done"
+
+
+def test_a_slow_service_times_out_within_the_bound(caller):
+    proxy, container = caller
+    started = time.monotonic()
+    with pytest.raises(GatewayTimeout) as raised:
+        proxy.call_slow(3)
+    assert time.monotonic() - started < 2
+    assert raised.value.details == {"service": "slow", "timeout_seconds": 0.5}
+    # the timed-out call's reply slot is dropped, not kept until a reply that may never come
+    listener = next(ext for ext in container.extensions if type(ext).__name__ == "ReplyListener")
+    assert listener._reply_events == {}
+
+
+def test_a_service_that_never_started_is_unavailable(caller):
+    proxy, _ = caller
+    with pytest.raises(ServiceUnavailable) as raised:
+        proxy.call_absent()
+    assert raised.value.details == {"service": "absent"}
