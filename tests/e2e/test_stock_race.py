@@ -1,0 +1,94 @@
+"""The stock guarantee under real concurrency: many HTTP clients spread over three
+gateways, two products processes and two orders processes, then invariants checked in
+the databases (stock never negative; units sold + stock left = stock added; each
+confirmed order decremented exactly once)."""
+import time
+from collections import Counter
+
+import eventlet
+import requests
+from sqlalchemy import text
+
+CLIENTS = 120
+
+
+def place_orders(stack, bodies, concurrency=CLIENTS):
+    """POST every body concurrently, round-robin over the gateways; statuses in order."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=concurrency)
+    session.mount("http://", adapter)
+
+    def post(indexed):
+        index, body = indexed
+        url = stack.urls[index % len(stack.urls)]
+        return session.post(f"{url}/api/orders", json=body, timeout=60).status_code
+
+    pool = eventlet.GreenPool(concurrency)
+    started = time.monotonic()
+    statuses = list(pool.imap(post, enumerate(bodies)))
+    elapsed = time.monotonic() - started
+    print(f"\n{len(bodies)} orders in {elapsed:.2f}s: {len(bodies) / elapsed:.0f} orders/s "
+          f"{dict(Counter(statuses))}")
+    return statuses
+
+
+def create(api, path, body):
+    response = requests.post(f"{api}/api/{path}", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def assert_books_balance(engines, stock_added):
+    """Per product: stock left + units in confirmed orders == stock added, stock >= 0, and
+    every confirmed order has exactly one reservation per line, of the same quantity."""
+    with engines["products"].connect() as conn:
+        stock_left = dict(conn.execute(text("SELECT id, stock FROM products")).all())
+        reserved = dict(conn.execute(text(
+            "SELECT order_ref || ':' || product_id, quantity FROM reservations "
+            "WHERE status = 'reserved'")).all())
+    with engines["orders"].connect() as conn:
+        sold_lines = dict(conn.execute(text(
+            "SELECT o.order_ref || ':' || l.product_id, l.quantity FROM orders o "
+            "JOIN order_lines l ON l.order_id = o.id WHERE o.status = 'confirmed'")).all())
+    assert sold_lines == reserved
+    for product_id, added in stock_added.items():
+        sold = sum(q for key, q in sold_lines.items() if key.endswith(f":{product_id}"))
+        assert stock_left[product_id] >= 0
+        assert stock_left[product_id] + sold == added, product_id
+
+
+def test_hot_product_sells_exactly_its_stock(stack, api, clean_databases):
+    customer = create(api, "customers", {"name": "c", "email": "c@example.com"})
+    product = create(api, "products", {"name": "hot", "price": "9.99", "stock": 20})
+    statuses = place_orders(
+        stack, [{"customer_id": customer, "products": [{"id": product, "quantity": 1}]}] * CLIENTS
+    )
+    assert Counter(statuses) == {201: 20, 409: CLIENTS - 20}
+    assert requests.get(f"{api}/api/products/{product}").json()["stock"] == 0
+    assert_books_balance(clean_databases, {product: 20})
+
+
+def test_crossed_orders_neither_deadlock_nor_oversell(stack, api, clean_databases):
+    customer = create(api, "customers", {"name": "c", "email": "c@example.com"})
+    a = create(api, "products", {"name": "a", "price": "1", "stock": 30})
+    b = create(api, "products", {"name": "b", "price": "2", "stock": 30})
+    ab = {"customer_id": customer, "products": [{"id": a, "quantity": 1}, {"id": b, "quantity": 1}]}
+    ba = {"customer_id": customer, "products": [{"id": b, "quantity": 1}, {"id": a, "quantity": 1}]}
+    statuses = place_orders(stack, [ab, ba] * (CLIENTS // 2))
+    assert Counter(statuses) == {201: 30, 409: CLIENTS - 30}
+    assert_books_balance(clean_databases, {a: 30, b: 30})
+
+
+def test_mixed_load_over_many_products_balances(stack, api, clean_databases):
+    customer = create(api, "customers", {"name": "c", "email": "c@example.com"})
+    stock_added = {create(api, "products", {"name": f"p{n}", "price": "1.5", "stock": 7}): 7 for n in range(6)}
+    ids = sorted(stock_added)
+    bodies = [
+        {"customer_id": customer,
+         "products": [{"id": ids[n % 6], "quantity": 1 + n % 3}, {"id": ids[(n * 5 + 1) % 6], "quantity": 1}]}
+        for n in range(CLIENTS)
+    ]
+    statuses = place_orders(stack, bodies)
+    assert set(statuses) <= {201, 409}
+    assert 201 in statuses
+    assert_books_balance(clean_databases, stock_added)
