@@ -5,10 +5,16 @@ Run from the repository root with the project's virtualenv, e.g.
 ``$SHOP_CONFIG``), environment variables substituted.
 """
 import argparse
+import logging
 import os
 import sys
 import time
 import urllib.request
+import warnings
+
+# eventlet (imported by nameko) warns that it is in maintenance mode; nothing to act on.
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+logging.getLogger("amqp").setLevel(logging.ERROR)  # ping retries close channels noisily
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
