@@ -6,7 +6,10 @@ overridable in config.yml under ``DB_ENGINE_OPTIONS``:
 * ``pool_pre_ping``: a connection that died with a PostgreSQL restart is replaced, not used;
 * ``pool_size`` sized to the container's ``max_workers`` (one connection per worker);
 * ``lock_timeout`` / ``statement_timeout`` (``DB_LOCK_TIMEOUT_MS``, ``DB_STATEMENT_TIMEOUT_MS``):
-  a worker waiting on a row lock gives up instead of waiting forever.
+  a worker waiting on a row lock gives up instead of waiting forever;
+* ``idle_in_transaction_session_timeout`` (``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``): a
+  transaction left open by a stuck or dead worker is ended by PostgreSQL, which bounds
+  how long an order can stay invisible (products' reconciler relies on it).
 """
 from contextlib import contextmanager
 
@@ -18,6 +21,7 @@ from common.errors import ServiceUnavailable
 
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 DEFAULT_STATEMENT_TIMEOUT_MS = 15000
+DEFAULT_IDLE_IN_TRANSACTION_MS = 30000
 MAX_INT4 = 2**31 - 1
 
 
@@ -25,12 +29,16 @@ def engine_options(config):
     """Engine keyword arguments for a service container's ``config``."""
     lock_ms = int(config.get("DB_LOCK_TIMEOUT_MS", DEFAULT_LOCK_TIMEOUT_MS))
     statement_ms = int(config.get("DB_STATEMENT_TIMEOUT_MS", DEFAULT_STATEMENT_TIMEOUT_MS))
+    idle_ms = int(config.get("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", DEFAULT_IDLE_IN_TRANSACTION_MS))
     options = {
         "pool_pre_ping": True,
         "pool_size": int(config.get("max_workers", 10)),
         "max_overflow": 2,
         "connect_args": {
-            "options": f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms}",
+            "options": (
+                f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms} "
+                f"-c idle_in_transaction_session_timeout={idle_ms}"
+            ),
             "connect_timeout": 5,
         },
     }

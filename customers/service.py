@@ -1,8 +1,10 @@
 """Customers service: RPC contracts over the customers database."""
 from nameko.dependency_providers import Config
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import keyset_page, page_params
 from common.rpc import rpc
 from common.schemas import load
@@ -25,26 +27,38 @@ class CustomersService:
         return "pong"
 
     @rpc
-    def create_customer(self, payload):
+    def create_customer(self, payload, idempotency_key=None):
         """Create a customer from ``{"name", "email"}``.
 
         Returns the customer (``id``, ``name``, ``email`` lower-cased, ``created_at``).
         Raises ValidationError (422) for a bad payload, EmailAlreadyRegistered (409) if the
-        email is taken. Not idempotent by itself: the email uniqueness makes a replay a 409.
+        email is taken, InvalidIdempotencyKey (400), IdempotencyKeyReused (422).
+        Idempotent when ``idempotency_key`` is given: a replay returns the customer the
+        first call created (without a key, a replay is a 409: the email is taken).
         """
+        key = checked_key(idempotency_key)
         data = load(CreateCustomerSchema(), payload)
-        customer = Customer(**data)
+        request = fingerprint(data)
         with database_errors_as_unavailable():
             try:
                 with self.db.get_session() as session:
+                    customer = Customer(**data, idempotency_key=key, request_fingerprint=request)
                     session.add(customer)
                     session.flush()
                     return customer_schema.dump(customer)
             except IntegrityError:
-                raise EmailAlreadyRegistered(
-                    f"a customer with email {data['email']} already exists",
-                    {"email": data["email"]},
-                ) from None
+                pass
+            with self.db.get_session() as session:
+                first = key and session.scalars(
+                    select(Customer).where(Customer.idempotency_key == key)
+                ).one_or_none()
+                if first is None:
+                    raise EmailAlreadyRegistered(
+                        f"a customer with email {data['email']} already exists",
+                        {"email": data["email"]},
+                    )
+                ensure_same_request(key, first.request_fingerprint, request)
+                return customer_schema.dump(first)
 
     @rpc
     def get_customer(self, customer_id):

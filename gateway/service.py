@@ -2,9 +2,11 @@
 
 Runs as one process per address in ``GATEWAY_ADDRESSES`` (8000, 8001, 8002 by default);
 each process serves every route. Status codes: POST 201 with a ``Location`` header, GET
-200, errors as the JSON envelope of :mod:`common.errors`. List routes return a JSON array
+200, errors as the JSON envelope of :mod:`common.errors`. POSTs take an optional
+``Idempotency-Key`` header: a retry with the same key gets the first outcome. List routes return a JSON array
 and, when there is a next page, a ``Link: <...>; rel="next"`` header.
 """
+from functools import partial
 from urllib.parse import urlencode
 
 from nameko.dependency_providers import Config
@@ -27,9 +29,14 @@ class GatewayService:
         """The gateway process is up (it does not call the services)."""
         return json_response({"status": "ok"})
 
+    @http("GET", "/api/ping")
+    def ping(self, request):
+        """One RPC round trip (``products.ping``): the cost floor of every route."""
+        return json_response({"status": "ok", "products": self.products.ping()})
+
     @http("POST", "/api/customers")
     def create_customer(self, request):
-        customer = self.customers.create_customer(self._body(request))
+        customer = self.customers.create_customer(self._body(request), self._key(request))
         return self._created(customer, f"/api/customers/{customer['id']}")
 
     @http("GET", "/api/customers")
@@ -42,7 +49,7 @@ class GatewayService:
 
     @http("POST", "/api/products")
     def create_product(self, request):
-        product = self.products.create_product(self._body(request))
+        product = self.products.create_product(self._body(request), self._key(request))
         return self._created(product, f"/api/products/{product['id']}")
 
     @http("GET", "/api/products")
@@ -55,15 +62,28 @@ class GatewayService:
 
     @http("POST", "/api/orders")
     def create_order(self, request):
-        order = self.orders.create_order(self._body(request))
+        order = self.orders.create_order(self._body(request), self._key(request))
         return self._created(order, f"/api/orders/{order['id']}")
 
     @http("GET", "/api/orders/<int:order_id>")
     def get_order(self, request, order_id):
         return json_response(self.orders.get_order(order_id))
 
+    @http("POST", "/api/orders/<int:order_id>/cancel")
+    def cancel_order(self, request, order_id):
+        return json_response(self.orders.cancel_order(order_id))
+
+    @http("GET", "/api/customers/<int:customer_id>/orders")
+    def list_customer_orders(self, request, customer_id):
+        return self._page(request, partial(self.orders.list_orders, customer_id))
+
     def _body(self, request):
         return read_json(request, int(self.config.get("HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
+
+    @staticmethod
+    def _key(request):
+        """The ``Idempotency-Key`` header, if any (validated by the service)."""
+        return request.headers.get("Idempotency-Key")
 
     @staticmethod
     def _created(resource, location):

@@ -2,7 +2,8 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, ForeignKey, Integer, Numeric, String, func
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, Numeric, String, func, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -11,7 +12,13 @@ class Base(DeclarativeBase):
 
 
 class OrderStatus:
-    CONFIRMED = "confirmed"
+    """``pending -> confirmed | rejected | failed``, and ``confirmed -> cancelled``."""
+
+    PENDING = "pending"      # outcome not known yet: recovery or a retry resolves it
+    CONFIRMED = "confirmed"  # stock reserved, order recorded
+    REJECTED = "rejected"    # refused for good: unknown customer/product, no stock
+    FAILED = "failed"        # could not be completed; its stock (if any) was released
+    CANCELLED = "cancelled"  # was confirmed; its stock was given back
 
 
 class Order(Base):
@@ -22,15 +29,25 @@ class Order(Base):
     order_ref: Mapped[str] = mapped_column(String(64), unique=True)
     customer_id: Mapped[int] = mapped_column(Integer, index=True)
     status: Mapped[str] = mapped_column(String(16))
-    total: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    total: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))  # set when confirmed
+    # What was asked: [{"id", "quantity"}], merged, in id order (to resume a pending order).
+    requested: Mapped[list] = mapped_column(JSONB)
+    # Why the order is not confirmed: the error envelope, plus "status" and "exc_path".
+    failure: Mapped[dict | None] = mapped_column(JSONB)
+    idempotency_key: Mapped[str | None] = mapped_column(String(100), unique=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
 
     lines: Mapped[list["OrderLine"]] = relationship(
         back_populates="order", lazy="selectin", order_by="OrderLine.product_id"
     )
 
+    __table_args__ = (Index("ix_orders_pending", "updated_at", postgresql_where=text("status = 'pending'")),)
     __mapper_args__ = {"eager_defaults": True}
 
 

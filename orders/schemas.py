@@ -23,10 +23,24 @@ class OrderLineSchema(Schema):
     unit_price = fields.Decimal(places=2, as_string=True)
 
 
+class FailureSchema(Schema):
+    """Why an order is not confirmed: the error envelope its client got."""
+
+    error = fields.String()
+    message = fields.String()
+    details = fields.Dict()
+
+
 class OrderSchema(Schema):
+    """An order. ``status``: pending | confirmed | rejected | failed | cancelled; ``total``
+    is null and ``lines`` empty until it is confirmed; ``failure`` is set on a pending,
+    rejected or failed order."""
+
     id = fields.Integer()
     customer_id = fields.Integer()
     status = fields.String()
-    total = fields.Decimal(places=2, as_string=True)
+    total = fields.Decimal(places=2, as_string=True, allow_none=True)
     lines = fields.List(fields.Nested(OrderLineSchema))
+    failure = fields.Nested(FailureSchema, allow_none=True)
     created_at = fields.DateTime()
+    updated_at = fields.DateTime()

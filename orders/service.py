@@ -1,36 +1,42 @@
-"""Orders service: the order flow over the customers and products services.
+"""Orders service: the order lifecycle over the customers and products services.
 
-``create_order`` is a small saga:
+``create_order`` runs the saga of :mod:`orders.flow` inside one transaction of the orders
+database that holds the new (or replayed) order's row lock:
 
-1. check the customer exists (``customers.get_customer``);
-2. reserve every line's stock in one products transaction (``products.reserve_stock``,
-   keyed on a fresh ``order_ref``, which returns each unit price as it was then);
-3. record the order and its lines in the orders database.
+1. insert the order ``pending`` (or, with an Idempotency-Key already used, lock that one);
+2. check the customer (``customers.get_customer``);
+3. reserve every line's stock in one products transaction (``products.reserve_stock``,
+   keyed on the order's ``order_ref``), which returns each unit price as it was then;
+4. record the outcome (confirmed with lines and total, rejected, or still pending when an
+   answer was missing) and commit.
 
-If step 3 fails, or step 2 fails without a definite answer (timeout, broker trouble), the
-reservation is released (``products.release_stock`` is idempotent and a no-op for an
-``order_ref`` that reserved nothing), so no stock stays held without an order.
+If the commit fails after stock was reserved, the reservation is released. If the process
+dies before the commit, the transaction (and the order row) vanishes and products' own
+reconciler gives the stock back (orders does not know the ``order_ref``). A pending order
+is resolved by a client retry with the same key, or by :meth:`recover_pending_orders`.
 """
 import logging
 import uuid
-from decimal import Decimal
+from datetime import timedelta
 
 from nameko.dependency_providers import Config
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from common.db import Database, database_errors_as_unavailable, is_valid_id
-from common.errors import Conflict, NotFound, ValidationError
+from common.idempotency import checked_key, ensure_same_request, fingerprint
+from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
-from orders.exceptions import OrderNotFound
-from orders.models import Base, Order, OrderLine, OrderStatus
+from common.timer import config_timer
+from orders import flow
+from orders.exceptions import OrderNotCancellable, OrderNotFound
+from orders.models import Base, Order, OrderStatus
 from orders.schemas import CreateOrderSchema, OrderSchema
 
 log = logging.getLogger(__name__)
 
 order_schema = OrderSchema()
-
-# Answers from products that say for sure that nothing was reserved.
-DEFINITE_REFUSALS = (ValidationError, NotFound, Conflict)
 
 
 class OrdersService:
@@ -47,71 +53,156 @@ class OrdersService:
         return "pong"
 
     @rpc
-    def create_order(self, payload):
+    def create_order(self, payload, idempotency_key=None):
         """Place an order from ``{"customer_id", "products": [{"id", "quantity"}]}``.
 
         Returns the confirmed order: ``{"id", "customer_id", "status", "total", "lines":
-        [{"product_id", "name", "quantity", "unit_price"}], "created_at"}``.
-        Raises ValidationError (422), CustomerNotFound / ProductNotFound (404),
-        InsufficientStock (409, naming each short product, requested and available),
-        ServiceUnavailable (503) or GatewayTimeout (504). On any error no order is stored
-        and no stock stays reserved. Not idempotent across calls (each call is a new order).
+        [{"product_id", "name", "quantity", "unit_price"}], "created_at", ...}``.
+        Raises ValidationError (422) and InvalidIdempotencyKey (400) storing nothing;
+        CustomerNotFound / ProductNotFound (404) or InsufficientStock (409, naming each short
+        product, requested and available): the order is ``rejected``, nothing reserved;
+        OrderFailed (409): the order was fenced by recovery; ServiceUnavailable (503) or
+        GatewayTimeout (504): the order is ``pending`` (``details.order_id``).
+        Idempotent with ``idempotency_key``: a retry gets the first outcome (same order,
+        same error), resumes a pending order, and is a 422 IdempotencyKeyReused if the
+        request differs. Without a key each call is a new order.
         """
+        key = checked_key(idempotency_key)
         data = load(CreateOrderSchema(), payload)
         quantities = merge_line_items(data["products"])
-        self.customers.get_customer(data["customer_id"])
+        request = fingerprint({"customer_id": data["customer_id"], "products": quantities})
+        requested = [{"id": product_id, "quantity": q} for product_id, q in quantities.items()]
+        with database_errors_as_unavailable():
+            order, error = self._place(key, request, data["customer_id"], requested)
+        if error is not None:
+            raise error
+        return order
 
-        order_ref = uuid.uuid4().hex
-        items = [{"id": product_id, "quantity": qty} for product_id, qty in quantities.items()]
-        try:
-            reservation = self.products.reserve_stock(order_ref, items)
-        except DEFINITE_REFUSALS:
-            raise
-        except Exception:
-            self._release_quietly(order_ref)
-            raise
-
-        try:
-            return self._record_order(order_ref, data["customer_id"], reservation["lines"])
-        except Exception:
-            self._release_quietly(order_ref)
-            raise
+    def _place(self, key, request, customer_id, requested):
+        """Insert (or find by key) and advance the order in one committed transaction.
+        Returns ``(order dumped, the error to answer with or None)``."""
+        for attempt in (1, 2):
+            session = self.db.get_session()
+            reserved = False
+            try:
+                order = key and session.scalars(
+                    select(Order).where(Order.idempotency_key == key).with_for_update()
+                ).one_or_none()
+                if order:
+                    ensure_same_request(key, order.request_fingerprint, request)
+                else:
+                    order = Order(
+                        order_ref=uuid.uuid4().hex, customer_id=customer_id,
+                        status=OrderStatus.PENDING, requested=requested,
+                        idempotency_key=key, request_fingerprint=request,
+                    )
+                    session.add(order)
+                    session.flush()  # a concurrent twin with the same key: IntegrityError
+                if order.status == OrderStatus.PENDING:
+                    reserved = flow.advance(order, self.customers, self.products)
+                    session.flush()
+                result = order_schema.dump(order), flow.outcome_error(order)
+                session.commit()
+                return result
+            except IntegrityError:
+                session.rollback()
+                if attempt == 2 or key is None:
+                    raise
+            except Exception:
+                session.rollback()
+                if reserved:
+                    self._release_quietly(order.order_ref)
+                raise
 
     @rpc
     def get_order(self, order_id):
-        """The order with ``order_id`` and its lines; raises OrderNotFound (404). Read-only."""
-        if not is_valid_id(order_id):
-            raise OrderNotFound.for_id(order_id)
+        """The order with ``order_id``, its status and lines (``failure`` says why it is not
+        confirmed). Raises OrderNotFound (404). Read-only."""
         with database_errors_as_unavailable():
-            order = self.db.session.get(Order, order_id)
-            if order is None:
-                raise OrderNotFound.for_id(order_id)
-            return order_schema.dump(order)
+            return order_schema.dump(self._get(self.db.session, order_id))
 
-    def _record_order(self, order_ref, customer_id, reserved_lines):
-        lines = [
-            OrderLine(
-                product_id=line["product_id"],
-                product_name=line["name"],
-                quantity=line["quantity"],
-                unit_price=Decimal(line["unit_price"]),
-            )
-            for line in reserved_lines
-        ]
-        order = Order(
-            order_ref=order_ref,
-            customer_id=customer_id,
-            status=OrderStatus.CONFIRMED,
-            total=sum((line.unit_price * line.quantity for line in lines), Decimal("0")),
-            lines=lines,
-        )
+    @rpc
+    def cancel_order(self, order_id):
+        """Cancel a confirmed order and give its stock back.
+
+        Returns the order, ``status: cancelled``. Raises OrderNotFound (404),
+        OrderNotCancellable (409, the order is not confirmed), ServiceUnavailable (503) /
+        GatewayTimeout (504) if products could not release: the order stays confirmed.
+        Idempotent: cancelling a cancelled order returns it unchanged.
+        """
         with database_errors_as_unavailable(), self.db.get_session() as session:
-            session.add(order)
+            order = self._get(session, order_id, lock=True)
+            if order.status == OrderStatus.CANCELLED:
+                return order_schema.dump(order)
+            if order.status != OrderStatus.CONFIRMED:
+                raise OrderNotCancellable(
+                    f"order {order_id} is {order.status}; only a confirmed order can be cancelled",
+                    {"order_id": order_id, "status": order.status},
+                )
+            self.products.release_stock(order.order_ref)
+            order.status = OrderStatus.CANCELLED
             session.flush()
             return order_schema.dump(order)
 
+    @rpc
+    def list_orders(self, customer_id, limit=None, after=None):
+        """One page of ``customer_id``'s orders in id order: ``{"items", "next_after"}``.
+        Raises CustomerNotFound (404), ValidationError (422). Read-only."""
+        limit, after = page_params(self.config, limit, after)
+        self.customers.get_customer(customer_id)
+        with database_errors_as_unavailable():
+            rows, next_after = keyset_page(
+                self.db.session, Order, limit, after, Order.customer_id == customer_id
+            )
+            return {"items": order_schema.dump(rows, many=True), "next_after": next_after}
+
+    @rpc
+    def order_states(self, order_refs):
+        """``{order_ref: status}`` for the committed orders among ``order_refs`` (at most
+        1000); unknown refs are absent. Read-only (used by products' reconciler)."""
+        refs = [str(ref) for ref in order_refs][:1000]
+        with database_errors_as_unavailable():
+            rows = self.db.session.execute(
+                select(Order.order_ref, Order.status).where(Order.order_ref.in_(refs))
+            )
+            return {ref: status for ref, status in rows}
+
+    @config_timer("RECOVERY_INTERVAL", 5)
+    def recover_pending_orders(self):
+        """Resolve ``pending`` orders untouched for ``RECOVERY_AGE`` seconds (see
+        :func:`orders.flow.recover`), one transaction and row lock each; rows another
+        process is working on are skipped. Stops at the first failure (e.g. products
+        down) and tries again at the next tick."""
+        age = timedelta(seconds=float(self.config.get("RECOVERY_AGE", 30)))
+        for _ in range(100):
+            with self.db.get_session() as session:
+                order = session.scalars(
+                    select(Order)
+                    .where(Order.status == OrderStatus.PENDING, Order.updated_at < func.now() - age)
+                    .order_by(Order.updated_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if order is None:
+                    return
+                try:
+                    flow.recover(order, self.products)
+                except Exception as exc:  # noqa: BLE001 - retried at the next tick
+                    log.warning("recovery of order %s postponed: %s", order.id, exc)
+                    return
+                log.info("recovered order %s: %s", order.id, order.status)
+
+    def _get(self, session, order_id, lock=False):
+        order = None
+        if is_valid_id(order_id):
+            order = session.get(Order, order_id, with_for_update=lock or None)
+        if order is None:
+            raise OrderNotFound.for_id(order_id)
+        return order
+
     def _release_quietly(self, order_ref):
-        """Compensate a failed order; a failure here is logged, the original error wins."""
+        """Compensate an order whose commit failed; a failure here is logged (products'
+        reconciler gives the stock back later), the original error wins."""
         try:
             self.products.release_stock(order_ref)
         except Exception:

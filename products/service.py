@@ -2,15 +2,27 @@
 
 Prices travel as strings with two decimals (``"3.50"``), never floats.
 """
+import logging
+from datetime import timedelta
+
 from nameko.dependency_providers import Config
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import keyset_page, page_params
-from common.rpc import rpc
+from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
+from common.timer import config_timer
 from products import stock
 from products.exceptions import ProductNotFound
-from products.models import Base, Product
+from products.models import Base, HoldStatus, OrderHold, Product
+
+log = logging.getLogger(__name__)
+
+# Order states (from orders.order_states) whose stock must be given back.
+ORDER_STATES_WITHOUT_STOCK = {None, "rejected", "failed", "cancelled"}
 from products.schemas import (
     CreateProductSchema, ProductSchema, ReservationSchema, ReserveStockSchema,
 )
@@ -24,6 +36,7 @@ class ProductsService:
 
     db = Database(Base)
     config = Config()
+    orders = BoundedRpcProxy("orders")
 
     @rpc
     def ping(self):
@@ -31,18 +44,33 @@ class ProductsService:
         return "pong"
 
     @rpc
-    def create_product(self, payload):
+    def create_product(self, payload, idempotency_key=None):
         """Create a product from ``{"name", "price", "stock"}``.
 
         ``price``: string or number, >= 0, at most 2 decimals; ``stock``: integer >= 0.
-        Returns the product. Raises ValidationError (422). Not idempotent.
+        Returns the product. Raises ValidationError (422), InvalidIdempotencyKey (400),
+        IdempotencyKeyReused (422). Idempotent when ``idempotency_key`` is given: a replay
+        returns the product the first call created.
         """
+        key = checked_key(idempotency_key)
         data = load(CreateProductSchema(), payload)
-        with database_errors_as_unavailable(), self.db.get_session() as session:
-            product = Product(**data)
-            session.add(product)
-            session.flush()
-            return product_schema.dump(product)
+        request = fingerprint(data)
+        with database_errors_as_unavailable():
+            try:
+                with self.db.get_session() as session:
+                    product = Product(**data, idempotency_key=key, request_fingerprint=request)
+                    session.add(product)
+                    session.flush()
+                    return product_schema.dump(product)
+            except IntegrityError:
+                if key is None:
+                    raise
+            with self.db.get_session() as session:
+                product = session.scalars(
+                    select(Product).where(Product.idempotency_key == key)
+                ).one()
+                ensure_same_request(key, product.request_fingerprint, request)
+                return product_schema.dump(product)
 
     @rpc
     def get_product(self, product_id):
@@ -72,26 +100,80 @@ class ProductsService:
         """Take stock for every line of order ``order_ref``, all or nothing.
 
         ``items``: ``[{"id": product_id, "quantity": n}, ...]`` (duplicate ids add up).
-        Returns ``{"order_ref", "status": "reserved", "lines": [{"product_id", "name",
-        "quantity", "unit_price"}]}`` with each unit price as it was at that moment.
+        Returns ``{"order_ref", "status", "lines": [{"product_id", "name", "quantity",
+        "unit_price"}]}`` with each unit price as it was at that moment. ``status`` is
+        ``reserved`` on success; ``released`` if the order was released or fenced before
+        (then nothing is held and the order must not be confirmed).
         Raises ValidationError (422), ProductNotFound (404), InsufficientStock (409),
         ServiceUnavailable (503, lock or database timeout). Nothing changes on an error.
-        Idempotent on ``order_ref``: a replay returns the first reservation unchanged.
+        Idempotent on ``order_ref``: a replay returns the first outcome unchanged.
         """
         request = load(ReserveStockSchema(), {"order_ref": order_ref, "items": items})
         quantities = merge_line_items(request["items"])
-        with database_errors_as_unavailable(), self.db.get_session() as session:
-            reservation = stock.reserve(session, request["order_ref"], quantities)
-            return reservation_schema.dump(reservation)
+        with database_errors_as_unavailable():
+            hold = stock.with_hold_retry(
+                self.db.get_session, stock.reserve, request["order_ref"], quantities
+            )
+            return reservation_schema.dump(hold)
 
     @rpc
     def release_stock(self, order_ref):
-        """Give back the stock reserved for ``order_ref``.
+        """Give back the stock held for ``order_ref``; afterwards nothing can be reserved
+        for it (a later ``reserve_stock`` returns ``status: released``).
 
-        Returns the reservation with ``"status": "released"``, or ``None`` if ``order_ref``
-        never reserved anything. Raises ServiceUnavailable (503). Idempotent: releasing
-        twice returns the stock once.
+        Returns the hold with ``"status": "released"``. Raises ServiceUnavailable (503).
+        Idempotent: releasing twice returns the stock once.
         """
-        with database_errors_as_unavailable(), self.db.get_session() as session:
-            reservation = stock.release(session, str(order_ref))
-            return None if reservation is None else reservation_schema.dump(reservation)
+        with database_errors_as_unavailable():
+            hold = stock.with_hold_retry(self.db.get_session, stock.release, str(order_ref))
+            return reservation_schema.dump(hold)
+
+    @rpc
+    def get_reservation(self, order_ref):
+        """The hold of ``order_ref`` (as ``reserve_stock`` returns it), or ``None`` if it
+        never reserved nor was released. Read-only."""
+        with database_errors_as_unavailable():
+            hold = self.db.session.get(OrderHold, str(order_ref))
+            if hold is None:
+                return None
+            products = {
+                p.id: p for p in self.db.session.scalars(
+                    select(Product).where(Product.id.in_([line.product_id for line in hold.lines]))
+                )
+            }
+            return reservation_schema.dump(stock.describe(hold, products))
+
+    @config_timer("HOLD_CHECK_INTERVAL", 10)
+    def reconcile_holds(self):
+        """Give back stock held for orders that will never be confirmed.
+
+        Every ``reserved`` hold older than ``HOLD_CONFIRM_AGE`` seconds is checked with the
+        orders service: confirmed orders' holds are marked confirmed (not checked again);
+        holds of orders that are rejected, failed, cancelled or unknown (the orders
+        transaction never committed) are released. Pending orders are left to the orders
+        service's own recovery. Safe to run in every process at once: each step is
+        idempotent and runs under the row locks.
+        """
+        age = float(self.config.get("HOLD_CONFIRM_AGE", 120))
+        with self.db.get_session() as session:
+            refs = session.scalars(
+                select(OrderHold.order_ref)
+                .where(
+                    OrderHold.status == HoldStatus.RESERVED,
+                    OrderHold.created_at < func.now() - timedelta(seconds=age),
+                )
+                .order_by(OrderHold.created_at)
+                .limit(100)
+            ).all()
+        if not refs:
+            return
+        states = self.orders.order_states(refs)
+        confirmed = [ref for ref in refs if states.get(ref) == "confirmed"]
+        if confirmed:
+            with self.db.get_session() as session:
+                stock.confirm(session, confirmed)
+        for ref in refs:
+            if states.get(ref) in ORDER_STATES_WITHOUT_STOCK:
+                log.warning("releasing stock held for order_ref %s (order %s)", ref,
+                            states.get(ref) or "unknown")
+                stock.with_hold_retry(self.db.get_session, stock.release, ref)

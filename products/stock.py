@@ -2,55 +2,57 @@
 under the rows' locks.
 
 Locking discipline (the same in every function, so two transactions can never wait on each
-other in a cycle): product rows are locked with ``SELECT ... FOR UPDATE ORDER BY id`` before
-anything else is read or written. PostgreSQL applies the lock after the sort, so rows are
+other in a cycle): product rows are locked with ``SELECT ... FOR UPDATE ORDER BY id``
+first, then the order's hold. PostgreSQL applies the lock after the sort, so rows are
 locked in ascending id order: crossed orders ([a, b] and [b, a]) queue up instead of
 deadlocking. Any number of service processes can run these functions concurrently: the
 database, not the process, serializes them.
 
-Idempotency: a reservation is keyed on ``(order_ref, product_id)`` (unique constraint). The
-check for an existing reservation runs *after* the locks are taken, so a redelivered or
-concurrent replay of the same ``order_ref`` sees the first one's committed rows and never
-decrements twice.
+Idempotency: one :class:`OrderHold` per ``order_ref`` (primary key). It is read *after*
+the product locks are taken, so a redelivered or concurrent replay of the same order sees
+the first one's committed hold and never decrements twice. :func:`release` leaves a
+``released`` hold behind, even for an order that reserved nothing (a fence): a reservation
+for that order arriving later (a stale message, a slow retry) changes nothing.
+
+Two transactions creating the same hold at once (a reserve racing a release of the same
+order) collide on the primary key; the loser raises IntegrityError and is retried by the
+caller (:func:`with_hold_retry`), after which it sees the winner's hold.
 """
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from products.exceptions import InsufficientStock, ProductNotFound
-from products.models import Product, Reservation, ReservationStatus
+from products.models import HoldStatus, OrderHold, Product, Reservation
 
 
 def lock_products(session, product_ids):
     """``{id: Product}`` for ``product_ids``, each row locked FOR UPDATE, in id order."""
     rows = session.scalars(
         select(Product)
-        .where(Product.id.in_(sorted(product_ids)))
+        .where(Product.id.in_(sorted(set(product_ids))))
         .order_by(Product.id)
         .with_for_update()
     )
     return {product.id: product for product in rows}
 
 
-def reservation_of(session, order_ref, products):
-    """The reservation recorded for ``order_ref`` (``None`` if there is none)."""
-    reservations = session.scalars(
-        select(Reservation)
-        .where(Reservation.order_ref == order_ref)
-        .order_by(Reservation.product_id)
-    ).all()
-    if not reservations:
-        return None
-    released = all(r.status == ReservationStatus.RELEASED for r in reservations)
+def lock_hold(session, order_ref):
+    return session.get(OrderHold, order_ref, with_for_update=True, populate_existing=True)
+
+
+def describe(hold, products):
+    """The wire form of ``hold``: ``{"order_ref", "status", "lines": [...]}``."""
     return {
-        "order_ref": order_ref,
-        "status": ReservationStatus.RELEASED if released else ReservationStatus.RESERVED,
+        "order_ref": hold.order_ref,
+        "status": hold.status,
         "lines": [
             {
-                "product_id": r.product_id,
-                "name": products[r.product_id].name if r.product_id in products else None,
-                "quantity": r.quantity,
-                "unit_price": r.unit_price,
+                "product_id": line.product_id,
+                "name": products[line.product_id].name if line.product_id in products else None,
+                "quantity": line.quantity,
+                "unit_price": line.unit_price,
             }
-            for r in reservations
+            for line in hold.lines
         ],
     }
 
@@ -59,15 +61,16 @@ def reserve(session, order_ref, quantities):
     """Take ``quantities`` (``{product_id: quantity}``) out of stock for ``order_ref``:
     all lines or none.
 
-    Returns the reservation (see :func:`reservation_of`). If ``order_ref`` already has one,
-    returns it unchanged. Raises ProductNotFound naming every unknown id, or
+    Returns the hold (see :func:`describe`). If ``order_ref`` already has one, returns it
+    unchanged, whatever its status (``released`` means the order was fenced or cancelled:
+    nothing is reserved). Raises ProductNotFound naming every unknown id, or
     InsufficientStock naming every short line (requested and available); nothing changes
     then. The caller commits.
     """
     products = lock_products(session, quantities)
-    existing = reservation_of(session, order_ref, products)
-    if existing is not None:
-        return existing
+    hold = lock_hold(session, order_ref)
+    if hold is not None:
+        return describe(hold, products)
 
     missing = [product_id for product_id in quantities if product_id not in products]
     if missing:
@@ -81,45 +84,62 @@ def reserve(session, order_ref, quantities):
     if shortages:
         raise InsufficientStock.for_shortages(shortages)
 
+    hold = OrderHold(order_ref=order_ref, status=HoldStatus.RESERVED, lines=[])
     for product_id, quantity in quantities.items():
         product = products[product_id]
         product.stock -= quantity
-        session.add(
-            Reservation(
-                order_ref=order_ref,
-                product_id=product_id,
-                quantity=quantity,
-                unit_price=product.price,
-            )
+        hold.lines.append(
+            Reservation(product_id=product_id, quantity=quantity, unit_price=product.price)
         )
+    session.add(hold)
     session.flush()
-    return reservation_of(session, order_ref, products)
+    return describe(hold, products)
 
 
 def release(session, order_ref):
-    """Give back the stock of ``order_ref``'s reservation; idempotent (a second call, or a
-    call for an unknown ``order_ref``, changes nothing).
+    """Give back the stock held for ``order_ref`` and leave the hold ``released``.
 
-    Returns the reservation afterwards, ``None`` if ``order_ref`` never reserved anything.
+    Idempotent: a second call changes nothing. For an ``order_ref`` with no hold, records
+    a released hold with no lines (a fence, see the module docstring). Returns the hold.
     The caller commits.
     """
     product_ids = session.scalars(
         select(Reservation.product_id).where(Reservation.order_ref == order_ref)
     ).all()
-    if not product_ids:
-        return None
-    products = lock_products(session, product_ids)
-    held = session.scalars(
-        select(Reservation)
-        .where(
-            Reservation.order_ref == order_ref,
-            Reservation.status == ReservationStatus.RESERVED,
-        )
+    products = lock_products(session, product_ids) if product_ids else {}
+    hold = lock_hold(session, order_ref)
+    if hold is None:
+        hold = OrderHold(order_ref=order_ref, status=HoldStatus.RELEASED, lines=[])
+        session.add(hold)
+    elif hold.status != HoldStatus.RELEASED:
+        for line in hold.lines:
+            products[line.product_id].stock += line.quantity
+        hold.status = HoldStatus.RELEASED
+    session.flush()
+    return describe(hold, products)
+
+
+def confirm(session, order_refs):
+    """Mark the holds of ``order_refs`` confirmed (their orders are); only ``reserved``
+    holds change. Returns how many did."""
+    holds = session.scalars(
+        select(OrderHold)
+        .where(OrderHold.order_ref.in_(order_refs), OrderHold.status == HoldStatus.RESERVED)
         .with_for_update()
     ).all()
-    for reservation in held:
-        products[reservation.product_id].stock += reservation.quantity
-        reservation.status = ReservationStatus.RELEASED
-        reservation.released_at = func.now()
+    for hold in holds:
+        hold.status = HoldStatus.CONFIRMED
     session.flush()
-    return reservation_of(session, order_ref, products)
+    return len(holds)
+
+
+def with_hold_retry(get_session, operation, *args):
+    """Run ``operation(session, *args)`` in a committed transaction, once more if it lost a
+    race to create the same hold (IntegrityError on ``order_holds``)."""
+    for attempt in (1, 2):
+        try:
+            with get_session() as session:
+                return operation(session, *args)
+        except IntegrityError:
+            if attempt == 2:
+                raise

@@ -3,6 +3,7 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from common.errors import ValidationError
+from common.idempotency import IdempotencyKeyReused
 from customers.exceptions import CustomerNotFound, EmailAlreadyRegistered
 from customers.service import CustomersService
 
@@ -72,3 +73,14 @@ def test_keyset_pages_cover_every_customer_once(service):
 def test_bad_page_parameters_are_rejected(service, limit, after):
     with pytest.raises(ValidationError):
         service.list_customers(limit=limit, after=after)
+
+
+def test_idempotency_key_returns_the_first_customer(service):
+    payload = {"name": "a", "email": "a@example.com"}
+    first = service.create_customer(payload, "key-1")
+    assert service.create_customer(dict(payload), "key-1") == first
+    with pytest.raises(IdempotencyKeyReused):
+        service.create_customer({"name": "b", "email": "b@example.com"}, "key-1")
+    with pytest.raises(EmailAlreadyRegistered):  # same email, other key: a real conflict
+        service.create_customer(payload, "key-2")
+    assert len(service.list_customers()["items"]) == 1

@@ -31,7 +31,20 @@ def test_create_answers_201_with_location(gateway):
     assert response.status_code == 201
     assert response.headers["Location"] == "/api/customers/7"
     assert response.json == {"id": 7, "name": "a"}
-    gateway.customers.create_customer.assert_called_once_with({"name": "a"})
+    gateway.customers.create_customer.assert_called_once_with({"name": "a"}, None)
+
+
+def test_idempotency_key_header_is_passed_to_the_service(gateway):
+    gateway.orders.create_order.return_value = {"id": 3}
+    gateway.create_order(request("POST", body={"x": 1}, headers={"Idempotency-Key": "k-1"}))
+    gateway.orders.create_order.assert_called_once_with({"x": 1}, "k-1")
+
+
+def test_customer_orders_are_listed_through_orders(gateway):
+    gateway.orders.list_orders.return_value = {"items": [{"id": 1}], "next_after": None}
+    response = gateway.list_customer_orders(request(path="/api/customers/4/orders"), customer_id=4)
+    assert response.json == [{"id": 1}]
+    gateway.orders.list_orders.assert_called_once_with(4, limit=None, after=None)
 
 
 def test_list_sets_a_next_link_only_when_there_is_a_next_page(gateway):

@@ -6,18 +6,20 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from common.errors import GatewayTimeout, ServiceUnavailable, ValidationError
+from common.idempotency import IdempotencyKeyReused
 from customers.exceptions import CustomerNotFound
-from orders.exceptions import OrderNotFound
+from orders.exceptions import OrderFailed, OrderNotCancellable, OrderNotFound
 from orders.service import OrdersService
 from products.exceptions import InsufficientStock, ProductNotFound
 
 CUSTOMER = {"id": 1, "name": "john doe", "email": "john@example.com"}
+ORDER = {"customer_id": 1, "products": [{"id": 7, "quantity": 2}, {"id": 3, "quantity": 1}, {"id": 7, "quantity": 1}]}
 
 
-def reservation(order_ref, items):
+def hold(order_ref, items, status="reserved"):
     return {
         "order_ref": order_ref,
-        "status": "reserved",
+        "status": status,
         "lines": [
             {"product_id": item["id"], "name": f"p{item['id']}", "quantity": item["quantity"],
              "unit_price": "2.50"}
@@ -27,24 +29,28 @@ def reservation(order_ref, items):
 
 
 @pytest.fixture
-def service(db_wrapper, base_config):
-    worker = worker_factory(OrdersService, db=db_wrapper("orders"), config=base_config)
+def config(base_config):
+    return {**base_config, "RECOVERY_AGE": 0}
+
+
+@pytest.fixture
+def service(db_wrapper, config):
+    worker = worker_factory(OrdersService, db=db_wrapper("orders"), config=config)
     worker.customers.get_customer.return_value = CUSTOMER
-    worker.products.reserve_stock.side_effect = reservation
+    worker.products.reserve_stock.side_effect = hold
     return worker
 
 
-def order_count(engines):
+def orders_in_db(engines):
     with engines["orders"].connect() as conn:
-        return conn.scalar(text("SELECT count(*) FROM orders"))
+        return conn.execute(text("SELECT id, status, failure FROM orders ORDER BY id")).all()
 
 
-def test_order_is_recorded_with_reserved_prices(service):
-    order = service.create_order(
-        {"customer_id": 1, "products": [{"id": 7, "quantity": 2}, {"id": 3, "quantity": 1}, {"id": 7, "quantity": 1}]}
-    )
+def test_order_is_confirmed_with_reserved_prices(service):
+    order = service.create_order(ORDER)
     assert order["status"] == "confirmed"
     assert order["total"] == "10.00"
+    assert order["failure"] is None
     assert order["lines"] == [
         {"product_id": 3, "name": "p3", "quantity": 1, "unit_price": "2.50"},
         {"product_id": 7, "name": "p7", "quantity": 3, "unit_price": "2.50"},
@@ -56,12 +62,13 @@ def test_order_is_recorded_with_reserved_prices(service):
     service.products.release_stock.assert_not_called()
 
 
-def test_unknown_customer_reserves_nothing(service, clean_databases):
+def test_unknown_customer_is_rejected_before_any_reservation(service, clean_databases):
     service.customers.get_customer.side_effect = CustomerNotFound.for_id(9)
     with pytest.raises(CustomerNotFound):
         service.create_order({"customer_id": 9, "products": [{"id": 1, "quantity": 1}]})
     service.products.reserve_stock.assert_not_called()
-    assert order_count(clean_databases) == 0
+    [(_, status, failure)] = orders_in_db(clean_databases)
+    assert (status, failure["error"]) == ("rejected", "customer_not_found")
 
 
 @pytest.mark.parametrize(
@@ -69,42 +76,167 @@ def test_unknown_customer_reserves_nothing(service, clean_databases):
     [InsufficientStock.for_shortages([{"product_id": 1, "requested": 2, "available": 1}]),
      ProductNotFound.for_ids([1])],
 )
-def test_refused_reservation_stores_nothing_and_releases_nothing(service, clean_databases, refusal):
+def test_refused_reservation_rejects_the_order(service, clean_databases, refusal):
     service.products.reserve_stock.side_effect = refusal
-    with pytest.raises(type(refusal)):
+    with pytest.raises(type(refusal)) as raised:
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 2}]})
-    assert order_count(clean_databases) == 0
+    assert raised.value.details == refusal.details
+    [(order_id, status, _)] = orders_in_db(clean_databases)
+    assert status == "rejected"
+    assert service.get_order(order_id)["lines"] == []
     service.products.release_stock.assert_not_called()
 
 
 @pytest.mark.parametrize("failure", [GatewayTimeout("slow"), ServiceUnavailable("down")])
-def test_reservation_with_unknown_outcome_is_released(service, clean_databases, failure):
+def test_unknown_outcome_leaves_the_order_pending(service, clean_databases, failure):
     service.products.reserve_stock.side_effect = failure
-    with pytest.raises(type(failure)):
+    with pytest.raises(type(failure)) as raised:
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
-    order_ref = service.products.reserve_stock.call_args.args[0]
-    service.products.release_stock.assert_called_once_with(order_ref)
-    assert order_count(clean_databases) == 0
+    [(order_id, status, _)] = orders_in_db(clean_databases)
+    assert status == "pending"
+    assert raised.value.details["order_id"] == order_id
+    assert "retry with the same Idempotency-Key" in raised.value.message
+    service.products.release_stock.assert_not_called()  # recovery decides, under the lock
 
 
-def test_failure_to_record_the_order_releases_its_stock(service, monkeypatch):
-    def broken_flush(*args, **kwargs):
-        raise OperationalError("INSERT", {}, Exception("connection lost"))
+def test_a_fenced_order_fails(service, clean_databases):
+    service.products.reserve_stock.side_effect = lambda ref, items: hold(ref, [], "released")
+    with pytest.raises(OrderFailed):
+        service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
+    assert [row.status for row in orders_in_db(clean_databases)] == ["failed"]
 
+
+def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_databases, monkeypatch):
     session = service.db.get_session()
     monkeypatch.setattr(service.db, "get_session", lambda: session)
-    monkeypatch.setattr(session, "flush", broken_flush)
+
+    def broken_commit():
+        raise OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(session, "commit", broken_commit)
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
     order_ref = service.products.reserve_stock.call_args.args[0]
     service.products.release_stock.assert_called_once_with(order_ref)
+    assert orders_in_db(clean_databases) == []
 
 
-def test_a_failed_release_does_not_hide_the_original_error(service):
-    service.products.reserve_stock.side_effect = GatewayTimeout("slow")
-    service.products.release_stock.side_effect = ServiceUnavailable("down")
-    with pytest.raises(GatewayTimeout):
+def test_a_failed_release_does_not_hide_the_original_error(service, monkeypatch):
+    session = service.db.get_session()
+    monkeypatch.setattr(service.db, "get_session", lambda: session)
+    monkeypatch.setattr(session, "commit", lambda: (_ for _ in ()).throw(
+        OperationalError("COMMIT", {}, Exception("connection lost"))))
+    service.products.release_stock.side_effect = GatewayTimeout("slow")
+    with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
+
+
+def test_same_key_same_order(service, clean_databases):
+    first = service.create_order(ORDER, "key-1")
+    assert service.create_order(ORDER, "key-1") == first
+    assert service.products.reserve_stock.call_count == 1
+    assert len(orders_in_db(clean_databases)) == 1
+
+
+def test_same_key_other_request_is_422(service):
+    service.create_order(ORDER, "key-1")
+    with pytest.raises(IdempotencyKeyReused):
+        service.create_order({**ORDER, "customer_id": 2}, "key-1")
+
+
+def test_same_key_replays_a_refusal_without_asking_again(service):
+    service.products.reserve_stock.side_effect = ProductNotFound.for_ids([1])
+    for _ in range(2):
+        with pytest.raises(ProductNotFound):
+            service.create_order(ORDER, "key-1")
+    assert service.products.reserve_stock.call_count == 1
+
+
+def test_same_key_resumes_a_pending_order(service, clean_databases):
+    service.products.reserve_stock.side_effect = GatewayTimeout("slow")
+    with pytest.raises(GatewayTimeout):
+        service.create_order(ORDER, "key-1")
+    first_ref = service.products.reserve_stock.call_args.args[0]
+    service.products.reserve_stock.side_effect = hold
+    order = service.create_order(ORDER, "key-1")
+    assert order["status"] == "confirmed"
+    assert service.products.reserve_stock.call_args.args[0] == first_ref  # same reservation key
+    assert len(orders_in_db(clean_databases)) == 1
+
+
+def pending_order(service):
+    service.products.reserve_stock.side_effect = GatewayTimeout("slow")
+    with pytest.raises(GatewayTimeout) as raised:
+        service.create_order(ORDER, "key-1")
+    service.products.reserve_stock.side_effect = hold
+    return raised.value.details["order_id"], service.products.reserve_stock.call_args.args[0]
+
+
+def test_recovery_confirms_a_pending_order_whose_stock_is_reserved(service):
+    order_id, order_ref = pending_order(service)
+    service.products.get_reservation.return_value = hold(order_ref, [{"id": 3, "quantity": 1}])
+    service.recover_pending_orders()
+    assert service.get_order(order_id)["status"] == "confirmed"
+    service.products.release_stock.assert_not_called()
+
+
+def test_recovery_fences_and_fails_a_pending_order_without_stock(service):
+    order_id, order_ref = pending_order(service)
+    service.products.get_reservation.return_value = None
+    service.recover_pending_orders()
+    service.products.release_stock.assert_called_once_with(order_ref)
+    order = service.get_order(order_id)
+    assert (order["status"], order["failure"]["error"]) == ("failed", "order_failed")
+    with pytest.raises(OrderFailed):  # and a retry with the key now gets that outcome
+        service.create_order(ORDER, "key-1")
+
+
+def test_recovery_waits_while_products_is_down(service):
+    order_id, _ = pending_order(service)
+    service.products.get_reservation.side_effect = ServiceUnavailable("down")
+    service.recover_pending_orders()
+    assert service.get_order(order_id)["status"] == "pending"
+
+
+def test_cancel_gives_the_stock_back_once(service):
+    order = service.create_order(ORDER)
+    cancelled = service.cancel_order(order["id"])
+    assert cancelled["status"] == "cancelled"
+    assert service.cancel_order(order["id"]) == cancelled
+    service.products.release_stock.assert_called_once()
+
+
+def test_cancel_that_cannot_release_leaves_the_order_confirmed(service):
+    order = service.create_order(ORDER)
+    service.products.release_stock.side_effect = GatewayTimeout("slow")
+    with pytest.raises(GatewayTimeout):
+        service.cancel_order(order["id"])
+    assert service.get_order(order["id"])["status"] == "confirmed"
+
+
+def test_only_confirmed_orders_can_be_cancelled(service):
+    order_id, _ = pending_order(service)
+    with pytest.raises(OrderNotCancellable):
+        service.cancel_order(order_id)
+    with pytest.raises(OrderNotFound):
+        service.cancel_order(999)
+
+
+def test_list_orders_of_a_customer(service):
+    ids = [service.create_order(ORDER)["id"] for _ in range(3)]
+    page = service.list_orders(1, limit=2)
+    assert [o["id"] for o in page["items"]] == ids[:2]
+    assert [o["id"] for o in service.list_orders(1, after=page["next_after"])["items"]] == ids[2:]
+    service.customers.get_customer.side_effect = CustomerNotFound.for_id(5)
+    with pytest.raises(CustomerNotFound):
+        service.list_orders(5)
+
+
+def test_order_states(service):
+    order = service.create_order(ORDER)
+    [(order_ref, _)] = [service.products.reserve_stock.call_args.args]
+    assert service.order_states([order_ref, "unknown"]) == {order_ref: "confirmed"}
+    assert order["status"] == "confirmed"
 
 
 @pytest.mark.parametrize(
@@ -118,12 +250,12 @@ def test_a_failed_release_does_not_hide_the_original_error(service):
         ({"customer_id": 1}, "products"),
     ],
 )
-def test_invalid_order_is_rejected_before_any_call(service, payload, bad_field):
+def test_invalid_order_is_rejected_before_anything(service, clean_databases, payload, bad_field):
     with pytest.raises(ValidationError) as raised:
         service.create_order(payload)
     assert bad_field in raised.value.details
     service.customers.get_customer.assert_not_called()
-    service.products.reserve_stock.assert_not_called()
+    assert orders_in_db(clean_databases) == []
 
 
 @pytest.mark.parametrize("order_id", [1, 0, 2**31])

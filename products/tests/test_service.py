@@ -6,6 +6,7 @@ from nameko.testing.services import worker_factory
 from sqlalchemy import text
 
 from common.errors import ValidationError
+from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from products.exceptions import InsufficientStock, ProductNotFound
 from products.service import ProductsService
 
@@ -111,7 +112,7 @@ def test_insufficient_stock_names_each_short_line_and_changes_nothing(service, s
         ]
     }
     assert (stock_of(a), stock_of(b), stock_of(c)) == (10, 1, 0)
-    assert service.release_stock("ref-1") is None  # nothing was recorded
+    assert service.get_reservation("ref-1") is None  # nothing was recorded
 
 
 def test_unknown_product_names_every_missing_id_and_changes_nothing(service, stock_of):
@@ -147,6 +148,74 @@ def test_release_returns_stock_once(service, stock_of):
     assert (stock_of(a), stock_of(b)) == (10, 10)
     service.release_stock("ref-1")
     assert (stock_of(a), stock_of(b)) == (10, 10)
+    assert service.get_reservation("ref-1")["status"] == "released"
+
+
+def test_a_released_order_cannot_reserve_again(service, stock_of):
+    a = make(service, 10)
+    service.reserve_stock("ref-1", [{"id": a, "quantity": 3}])
+    service.release_stock("ref-1")
+    again = service.reserve_stock("ref-1", [{"id": a, "quantity": 3}])
+    assert again["status"] == "released"
+    assert stock_of(a) == 10
+
+
+def test_release_before_reserve_fences_the_order(service, stock_of):
+    """A stale reserve_stock (redelivered, or slower than the caller's timeout) arriving
+    after the order was given up reserves nothing."""
+    a = make(service, 10)
+    assert service.release_stock("late-ref") == {"order_ref": "late-ref", "status": "released", "lines": []}
+    assert service.reserve_stock("late-ref", [{"id": a, "quantity": 3}])["status"] == "released"
+    assert stock_of(a) == 10
+
+
+def test_get_reservation(service):
+    a = make(service, 10, "1.50", "a")
+    assert service.get_reservation("ref-1") is None
+    reserved = service.reserve_stock("ref-1", [{"id": a, "quantity": 2}])
+    assert service.get_reservation("ref-1") == reserved
+
+
+def test_idempotency_key_returns_the_first_product(service):
+    payload = {"name": "p", "price": "1", "stock": 1}
+    first = service.create_product(payload, "key-1")
+    assert service.create_product(dict(payload), "key-1") == first
+    assert len(service.list_products()["items"]) == 1
+    with pytest.raises(IdempotencyKeyReused):
+        service.create_product({**payload, "stock": 2}, "key-1")
+    with pytest.raises(InvalidIdempotencyKey):
+        service.create_product(payload, "has space")
+
+
+@pytest.fixture
+def reconciler(db_wrapper, base_config):
+    config = {**base_config, "HOLD_CONFIRM_AGE": 0}
+    return worker_factory(ProductsService, db=db_wrapper("products"), config=config)
+
+
+def test_reconciler_releases_holds_of_orders_that_will_not_confirm(reconciler, stock_of):
+    a = make(reconciler, 100)
+    states = {"confirmed": "confirmed", "pending": "pending", "rejected": "rejected",
+              "cancelled": "cancelled", "unknown": None}
+    for ref in states:
+        reconciler.reserve_stock(ref, [{"id": a, "quantity": 1}])
+    reconciler.orders.order_states.return_value = {r: s for r, s in states.items() if s}
+    reconciler.reconcile_holds()
+    status = {ref: reconciler.get_reservation(ref)["status"] for ref in states}
+    assert status == {"confirmed": "confirmed", "pending": "reserved", "rejected": "released",
+                      "cancelled": "released", "unknown": "released"}
+    assert stock_of(a) == 98
+    reconciler.reconcile_holds()  # a second pass changes nothing
+    assert stock_of(a) == 98
+    assert sorted(reconciler.orders.order_states.call_args.args[0]) == ["pending"]
+
+
+def test_reconciler_leaves_young_holds_alone(service, stock_of):
+    a = make(service, 10)
+    service.reserve_stock("ref-1", [{"id": a, "quantity": 1}])
+    service.reconcile_holds()  # HOLD_CONFIRM_AGE from config.yml: the hold is too young
+    service.orders.order_states.assert_not_called()
+    assert stock_of(a) == 9
 
 
 def test_price_change_after_reservation_does_not_change_its_unit_price(service, clean_databases):

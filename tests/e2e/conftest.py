@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import text
 
 from common.config import ROOT
 
@@ -134,3 +135,46 @@ def stack(e2e_amqp_uri, databases, tmp_path_factory):
 def api(stack, clean_databases):
     """The first gateway's base URL, in front of empty databases."""
     return stack.urls[0]
+
+
+def books(engines):
+    """What the databases say: ``(stock_left, held, sold)`` where ``stock_left`` is
+    ``{product_id: stock}``, ``held`` maps ``"order_ref:product_id"`` to the quantity held
+    for a live (reserved or confirmed) hold, and ``sold`` the same for confirmed orders."""
+    with engines["products"].connect() as conn:
+        stock_left = dict(conn.execute(text("SELECT id, stock FROM products")).all())
+        held = dict(conn.execute(text(
+            "SELECT r.order_ref || ':' || r.product_id, r.quantity FROM reservations r "
+            "JOIN order_holds h ON h.order_ref = r.order_ref "
+            "WHERE h.status IN ('reserved', 'confirmed')")).all())
+    with engines["orders"].connect() as conn:
+        sold = dict(conn.execute(text(
+            "SELECT o.order_ref || ':' || l.product_id, l.quantity FROM orders o "
+            "JOIN order_lines l ON l.order_id = o.id WHERE o.status = 'confirmed'")).all())
+    return stock_left, held, sold
+
+
+def books_balance(engines, stock_added):
+    """The bank invariant, as a list of violations (empty when it holds): per product,
+    stock left + units in confirmed orders == stock added and stock >= 0; every confirmed
+    order line has exactly one live hold of the same quantity, and no live hold lacks its
+    confirmed order."""
+    stock_left, held, sold = books(engines)
+    problems = []
+    if held != sold:
+        problems.append(f"holds without a confirmed order: {sorted(set(held) - set(sold))}; "
+                        f"confirmed lines without a hold: {sorted(set(sold) - set(held))}")
+    for product_id, added in stock_added.items():
+        units_sold = sum(q for key, q in sold.items() if key.endswith(f":{product_id}"))
+        if stock_left[product_id] < 0 or stock_left[product_id] + units_sold != added:
+            problems.append(f"product {product_id}: added {added}, left "
+                            f"{stock_left[product_id]}, sold {units_sold}")
+    return problems
+
+
+@pytest.fixture
+def assert_books_balance(clean_databases):
+    def check(stock_added):
+        assert books_balance(clean_databases, stock_added) == []
+
+    return check

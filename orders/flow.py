@@ -1,0 +1,117 @@
+"""The order saga: how an order moves through its lifecycle.
+
+Every function here works on an :class:`Order` row that the caller has locked (or just
+inserted) in an open transaction, and that the caller commits afterwards. Holding the row
+lock across the RPCs serializes everything that may move one order (the first attempt, a
+client retry with the same Idempotency-Key, the recovery job, a cancel), so two of them
+can never decide differently.
+
+Safety of each step when repeated:
+
+* ``customers.get_customer`` is read-only;
+* ``products.reserve_stock(order_ref, ...)`` is idempotent on ``order_ref`` and answers
+  ``released`` once the order was fenced, so a stale or replayed call reserves nothing;
+* ``products.release_stock(order_ref)`` is idempotent and fences the order;
+* the status changes are guarded by the row lock and only ever leave ``pending`` once.
+"""
+from decimal import Decimal
+
+from nameko.exceptions import registry
+
+from common.errors import NotFound, ServiceUnavailable, ShopError, ValidationError
+from orders.exceptions import OrderFailed
+from orders.models import OrderLine, OrderStatus
+from products.exceptions import InsufficientStock
+
+# Answers that refuse an order for good (nothing was reserved): CustomerNotFound,
+# ProductNotFound, InsufficientStock, ValidationError.
+DEFINITE_REFUSALS = (NotFound, InsufficientStock, ValidationError)
+
+
+def error_record(exc):
+    """``exc`` as stored in ``orders.failure``, rebuildable by :func:`stored_error`."""
+    if not isinstance(exc, ShopError):
+        exc = ServiceUnavailable(f"unexpected error: {type(exc).__name__}")
+    cls = type(exc)
+    return {
+        **exc.to_dict(),
+        "status": exc.status,
+        "exc_path": f"{cls.__module__}.{cls.__name__}",
+    }
+
+
+def stored_error(record):
+    """The ShopError ``record`` describes (its own class when registered)."""
+    cls = registry.get(record.get("exc_path"), ShopError)
+    return cls(record["message"], record.get("details"))
+
+
+def advance(order, customers, products):
+    """Drive a ``pending`` order as far as it can go now.
+
+    Ends ``confirmed``, ``rejected`` (definite refusal, stored in ``failure``), ``failed``
+    (the order had been fenced) or still ``pending`` (an answer was missing: the error is
+    stored in ``failure``). Returns True if this call saw stock reserved for the order.
+    """
+    try:
+        customers.get_customer(order.customer_id)
+        hold = products.reserve_stock(order.order_ref, order.requested)
+    except DEFINITE_REFUSALS as exc:
+        order.status, order.failure = OrderStatus.REJECTED, error_record(exc)
+        return False
+    except Exception as exc:  # noqa: BLE001 - any other answer leaves the outcome unknown
+        order.failure = error_record(exc)
+        return False
+    if hold["status"] == "released":
+        fail(order)
+        return False
+    confirm(order, hold["lines"])
+    return True
+
+
+def confirm(order, reserved_lines):
+    order.lines = [
+        OrderLine(
+            product_id=line["product_id"],
+            product_name=line["name"],
+            quantity=line["quantity"],
+            unit_price=Decimal(line["unit_price"]),
+        )
+        for line in reserved_lines
+    ]
+    order.total = sum((line.unit_price * line.quantity for line in order.lines), Decimal("0"))
+    order.status, order.failure = OrderStatus.CONFIRMED, None
+
+
+def fail(order):
+    order.status = OrderStatus.FAILED
+    order.failure = error_record(
+        OrderFailed(f"order {order.id} could not be completed", {"order_id": order.id})
+    )
+
+
+def recover(order, products):
+    """Resolve a ``pending`` order whose first attempt is over: confirm it if its stock is
+    reserved, otherwise fence it at products (release) and mark it failed. Raises when
+    products does not answer (the order stays pending for the next run)."""
+    hold = products.get_reservation(order.order_ref)
+    if hold is not None and hold["status"] in ("reserved", "confirmed"):
+        confirm(order, hold["lines"])
+        return
+    products.release_stock(order.order_ref)
+    fail(order)
+
+
+def outcome_error(order):
+    """The error a client gets for an order that is not confirmed (None if it is)."""
+    if order.status in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED):
+        return None
+    record = order.failure or error_record(ServiceUnavailable())
+    if order.status == OrderStatus.PENDING:
+        record = {
+            **record,
+            "message": record["message"]
+            + "; the order is pending: retry with the same Idempotency-Key",
+            "details": {**record["details"], "order_id": order.id, "order_status": order.status},
+        }
+    return stored_error(record)
