@@ -8,8 +8,10 @@ into errors of the shared hierarchy:
 
 * no queue bound for the service (never started)  -> :class:`ServiceUnavailable` (503)
 * no reply within the deadline                    -> :class:`GatewayTimeout` (504)
+* the broker unreachable (publish fails)          -> :class:`ServiceUnavailable` (503)
 """
 import eventlet
+from kombu.exceptions import OperationalError as KombuOperationalError
 from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy, rpc as nameko_rpc
 
@@ -50,6 +52,11 @@ class BoundedMethodProxy(MethodProxy):
                 f"service {self.service_name!r} is not running",
                 {"service": self.service_name},
             ) from None
+        except (KombuOperationalError, ConnectionError) as exc:
+            raise ServiceUnavailable(
+                f"the message broker is unavailable: cannot call {self.service_name}",
+                {"service": self.service_name, "reason": "broker"},
+            ) from exc
         finally:
             deadline.cancel()
 

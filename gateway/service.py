@@ -6,6 +6,7 @@ each process serves every route. Status codes: POST 201 with a ``Location`` head
 ``Idempotency-Key`` header: a retry with the same key gets the first outcome. List routes return a JSON array
 and, when there is a next page, a ``Link: <...>; rel="next"`` header.
 """
+import uuid
 from functools import partial
 from urllib.parse import urlencode
 
@@ -82,8 +83,12 @@ class GatewayService:
 
     @staticmethod
     def _key(request):
-        """The ``Idempotency-Key`` header, if any (validated by the service)."""
-        return request.headers.get("Idempotency-Key")
+        """The client's ``Idempotency-Key`` (validated by the service), else a fresh one.
+
+        Every create RPC carries a key, so one HTTP request creates at most one resource
+        even when RabbitMQ redelivers its message (a worker that died after committing but
+        before replying). Only the client's own key also makes *its* retries safe."""
+        return request.headers.get("Idempotency-Key") or f"gw-{uuid.uuid4().hex}"
 
     @staticmethod
     def _created(resource, location):

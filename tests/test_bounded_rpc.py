@@ -1,5 +1,6 @@
 """common.rpc.BoundedRpcProxy against real RabbitMQ: no call waits past its bound."""
 import time
+from unittest.mock import Mock
 
 import eventlet
 import pytest
@@ -7,7 +8,7 @@ from nameko.rpc import rpc
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from common.errors import GatewayTimeout, ServiceUnavailable
-from common.rpc import BoundedRpcProxy
+from common.rpc import BoundedMethodProxy, BoundedRpcProxy
 
 
 class SlowService:
@@ -66,3 +67,17 @@ def test_a_service_that_never_started_is_unavailable(caller):
     with pytest.raises(ServiceUnavailable) as raised:
         proxy.call_absent()
     assert raised.value.details == {"service": "absent"}
+
+
+def test_an_unreachable_broker_is_unavailable():
+    """Publishing to a broker that refuses connections is a 503, not an opaque 500."""
+    worker_ctx = Mock()
+    worker_ctx.container.config = {"AMQP_URI": "pyamqp://guest:guest@127.0.0.1:1/"}
+    worker_ctx.context_data = {}
+    listener = Mock(routing_key="reply", _reply_events={})
+    proxy = BoundedMethodProxy(worker_ctx, "slow", "wait", listener, timeout=30)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as raised:
+        proxy(0)
+    assert raised.value.details == {"service": "slow", "reason": "broker"}
+    assert time.monotonic() - started < 30

@@ -31,7 +31,17 @@ def test_create_answers_201_with_location(gateway):
     assert response.status_code == 201
     assert response.headers["Location"] == "/api/customers/7"
     assert response.json == {"id": 7, "name": "a"}
-    gateway.customers.create_customer.assert_called_once_with({"name": "a"}, None)
+    [(payload, key)] = [call.args for call in gateway.customers.create_customer.call_args_list]
+    assert payload == {"name": "a"}
+    assert key.startswith("gw-")  # a redelivered RPC still creates only once
+
+
+def test_each_request_without_a_key_gets_its_own(gateway):
+    gateway.products.create_product.return_value = {"id": 1}
+    for _ in range(2):
+        gateway.create_product(request("POST", body={}))
+    keys = {call.args[1] for call in gateway.products.create_product.call_args_list}
+    assert len(keys) == 2
 
 
 def test_idempotency_key_header_is_passed_to_the_service(gateway):
