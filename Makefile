@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test lock shell
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -56,8 +56,11 @@ seed: migrate  ## fake data: make seed SEED_CUSTOMERS=10000 SEED_PRODUCTS=100000
 shell: build  ## interactive RPC: n.rpc.products.get_product(1)
 	$(BIN)/nameko shell --config config.yml
 
-test: build services  ## the whole suite on real RabbitMQ and PostgreSQL
+test: build services  ## the whole suite on real RabbitMQ and PostgreSQL (faults included)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-faults: build services  ## only the fault tests: kill -9, SIGTERM, broker/database restarts
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 lock:  ## re-pin requirements.lock from requirements.in
 	rm -rf /tmp/shop-lock-venv && $(PYTHON) -m venv /tmp/shop-lock-venv

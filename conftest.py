@@ -56,7 +56,7 @@ def databases(test_db_uris):
 
 @pytest.fixture(scope="session")
 def db_engines(databases):
-    engines = {service: create_engine(uri) for service, uri in databases.items()}
+    engines = {service: create_engine(uri, pool_pre_ping=True) for service, uri in databases.items()}
     yield engines
     for engine in engines.values():
         engine.dispose()

@@ -4,7 +4,9 @@
 overridable in config.yml under ``DB_ENGINE_OPTIONS``:
 
 * ``pool_pre_ping``: a connection that died with a PostgreSQL restart is replaced, not used;
-* ``pool_size`` sized to the container's ``max_workers`` (one connection per worker);
+* ``pool_size`` equal to the container's ``max_workers`` (a worker uses one connection at
+  most), so a process never holds more: PostgreSQL's default ``max_connections`` of 100
+  fits `make up` and the test suite's stacks at once;
 * ``lock_timeout`` / ``statement_timeout`` (``DB_LOCK_TIMEOUT_MS``, ``DB_STATEMENT_TIMEOUT_MS``):
   a worker waiting on a row lock gives up instead of waiting forever;
 * ``idle_in_transaction_session_timeout`` (``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``): a
@@ -33,7 +35,7 @@ def engine_options(config):
     options = {
         "pool_pre_ping": True,
         "pool_size": int(config.get("max_workers", 10)),
-        "max_overflow": 2,
+        "max_overflow": 0,  # a worker holds one connection at most: never more than max_workers
         "connect_args": {
             "options": (
                 f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms} "

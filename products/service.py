@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.errors import ShopError
 from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
@@ -167,7 +168,11 @@ class ProductsService:
             ).all()
         if not refs:
             return
-        states = self.orders.order_states(refs)
+        try:
+            states = self.orders.order_states(refs)
+        except ShopError as exc:  # orders down or busy: nothing is decided, retry next tick
+            log.warning("hold reconciliation postponed: %s", exc)
+            return
         confirmed = [ref for ref in refs if states.get(ref) == "confirmed"]
         if confirmed:
             with self.db.get_session() as session:

@@ -5,7 +5,7 @@ import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import text
 
-from common.errors import ValidationError
+from common.errors import GatewayTimeout, ValidationError
 from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from products.exceptions import InsufficientStock, ProductNotFound
 from products.service import ProductsService
@@ -233,3 +233,12 @@ def test_list_products_pages_by_id(service):
     assert [p["id"] for p in page["items"]] == ids[:2]
     assert page["next_after"] == ids[1]
     assert [p["id"] for p in service.list_products(after=ids[1])["items"]] == ids[2:]
+
+
+def test_reconciler_waits_while_orders_is_down(reconciler, stock_of):
+    a = make(reconciler, 10)
+    reconciler.reserve_stock("ref-1", [{"id": a, "quantity": 1}])
+    reconciler.orders.order_states.side_effect = GatewayTimeout("orders is slow")
+    reconciler.reconcile_holds()
+    assert reconciler.get_reservation("ref-1")["status"] == "reserved"
+    assert stock_of(a) == 9

@@ -1,0 +1,149 @@
+"""Fault layer: a fresh stack per test (tests/harness.py) with short timeouts and fast
+recovery, a concurrent order load in which every request carries its own
+Idempotency-Key, and the checks that must hold once the fault is healed."""
+import itertools
+import random
+import time
+
+import eventlet
+import pytest
+import requests
+from sqlalchemy import text
+
+from tests.harness import Stack, books_balance, rabbit_vhost, stack_env
+
+PROCESSES = {"customers": 1, "products": 2, "orders": 2}
+# Short bounds so faults resolve within a test; HOLD_CONFIRM_AGE must exceed the idle-
+# in-transaction timeout + 2 x RPC_TIMEOUT (see config.yml).
+FAST_RECOVERY = {
+    "RPC_TIMEOUT": 2,
+    "ORDERS_RPC_TIMEOUT": 8,
+    "DB_LOCK_TIMEOUT_MS": 2000,
+    "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": 5000,
+    "RECOVERY_INTERVAL": 1,
+    "RECOVERY_AGE": 3,
+    "HOLD_CHECK_INTERVAL": 1,
+    "HOLD_CONFIRM_AGE": 12,
+}
+DEFINITE = {201, 404, 409, 422}
+SETTLE_SECONDS = 120
+
+
+@pytest.fixture
+def stack(request, rabbit_manager, clean_databases, test_db_uris, tmp_path_factory):
+    amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
+    with rabbit_vhost(rabbit_manager, amqp_uri, "shop_faults") as vhost_uri:
+        running = Stack(
+            stack_env(vhost_uri, test_db_uris, **FAST_RECOVERY),
+            str(tmp_path_factory.mktemp("fault-stack")), PROCESSES,
+        )
+        try:
+            running.start()
+            yield running
+        finally:
+            running.stop()
+
+
+class OrderLoad:
+    """``count`` orders over ``product_ids`` from ``concurrency`` clients spread over the
+    gateways, each with its own Idempotency-Key; records every answer."""
+
+    def __init__(self, urls, customer_id, product_ids, count=200, concurrency=10, pace=0.02):
+        rng = random.Random(7)
+        self.urls = urls
+        self.pace = pace
+        self.concurrency = concurrency
+        self.bodies = {
+            f"load-{n}": {
+                "customer_id": customer_id,
+                "products": [{"id": pid, "quantity": rng.randint(1, 2)}
+                             for pid in rng.sample(product_ids, rng.randint(1, 2))],
+            }
+            for n in range(count)
+        }
+        self.answers = {}  # key -> (status or None, body or None, seconds)
+        self.statuses_seen = set()  # over every attempt, retries included
+        self.http = requests.Session()
+        self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency * 2))
+        self._round_robin = itertools.cycle(urls)
+        self._thread = None
+
+    def send(self, key):
+        url = next(self._round_robin)
+        started = time.monotonic()
+        try:
+            response = self.http.post(f"{url}/api/orders", json=self.bodies[key],
+                                      headers={"Idempotency-Key": key}, timeout=20)
+            answer = (response.status_code, response.json())
+        except (requests.RequestException, ValueError):
+            answer = (None, None)
+        self.answers[key] = (*answer, time.monotonic() - started)
+        self.statuses_seen.add(answer[0])
+        time.sleep(self.pace)
+
+    def start(self):
+        pool = eventlet.GreenPool(self.concurrency)
+        self._thread = eventlet.spawn(lambda: list(pool.imap(self.send, self.bodies)))
+
+    def wait(self):
+        self._thread.wait()
+
+    def indefinite(self):
+        return [key for key, (status, _, _) in self.answers.items() if status not in DEFINITE]
+
+    def settle(self):
+        """Re-send every request without a definite answer, with its same key, until
+        each has one (bounded by SETTLE_SECONDS)."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while self.indefinite():
+            assert time.monotonic() < deadline, f"never settled: {self.indefinite()[:5]}"
+            pool = eventlet.GreenPool(self.concurrency)
+            list(pool.imap(self.send, self.indefinite()))
+            time.sleep(1)
+
+
+@pytest.fixture
+def shop(stack):
+    """A customer and five products of 60 units each, through the API."""
+    api = stack.urls[0]
+    customer = requests.post(f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}).json()
+    stock_added = {}
+    for n in range(5):
+        product = requests.post(f"{api}/api/products", json={"name": f"p{n}", "price": "1.25", "stock": 60}).json()
+        stock_added[product["id"]] = 60
+    return customer["id"], stock_added
+
+
+@pytest.fixture
+def load(stack, shop):
+    customer_id, stock_added = shop
+    return OrderLoad(stack.urls, customer_id, sorted(stock_added))
+
+
+@pytest.fixture
+def check_books(clean_databases, shop, load):
+    """After settling: no answer was ever a 500, the books balance (polled until the
+    reconcilers are done), no order is pending, no key maps to two orders, and every 201
+    names a confirmed order."""
+
+    def check():
+        assert load.statuses_seen <= DEFINITE | {503, 504, None}, load.statuses_seen
+        _, stock_added = shop
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while problems := books_balance(clean_databases, stock_added):
+            assert time.monotonic() < deadline, problems
+            time.sleep(1)
+        with clean_databases["orders"].connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM orders WHERE status = 'pending'")) == 0
+            assert conn.execute(text(
+                "SELECT idempotency_key FROM orders GROUP BY idempotency_key HAVING count(*) > 1"
+            )).all() == []
+            by_key = dict(conn.execute(text("SELECT idempotency_key, status FROM orders")).all())
+            ids = dict(conn.execute(text("SELECT idempotency_key, id FROM orders")).all())
+        for key, (status, body, _) in load.answers.items():
+            if status == 201:
+                assert (by_key[key], ids[key]) == ("confirmed", body["id"]), key
+            else:
+                assert by_key.get(key) in (None, "rejected", "failed"), (key, status, body)
+
+    return check

@@ -1,0 +1,203 @@
+"""The real stack as separate processes, for the end-to-end and fault layers.
+
+The processes run under supervisord with the configuration `make up` writes
+(scripts/supervisor.py), on the environment given (their own RabbitMQ vhost, the test
+databases, free gateway ports), each with its log under ``<run_dir>/logs``. The fault
+tests kill processes by name and let supervisord restart them, as in production.
+"""
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+import requests
+from nameko.standalone.rpc import ClusterRpcProxy
+from sqlalchemy import text
+
+from common.config import ROOT
+from scripts.supervisor import write_supervisor_conf
+
+START_TIMEOUT = 60
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rabbit_vhost(rabbit_manager, amqp_uri, prefix):
+    """An AMQP URI on a new vhost (deleted afterwards) of the broker at ``amqp_uri``."""
+    amqp = urlparse(amqp_uri)
+    vhost = f"{prefix}_{secrets.token_hex(4)}"
+    rabbit_manager.create_vhost(vhost)
+    rabbit_manager.set_vhost_permissions(vhost, amqp.username, ".*", ".*", ".*")
+    try:
+        yield f"{amqp.scheme}://{amqp.netloc}/{vhost}"
+    finally:
+        with contextlib.suppress(Exception):
+            rabbit_manager.delete_vhost(vhost)
+
+
+def stack_env(amqp_uri, db_uris, **overrides):
+    return {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "AMQP_URI": amqp_uri,
+        "CUSTOMERS_DB_URI": db_uris["customers"],
+        "PRODUCTS_DB_URI": db_uris["products"],
+        "ORDERS_DB_URI": db_uris["orders"],
+        "LOG_LEVEL": "WARNING",
+        # 6 connections per process: a test stack and `make up` fit in max_connections=100
+        "MAX_WORKERS": "6",
+        **{key: str(value) for key, value in overrides.items()},
+    }
+
+
+class Stack:
+    """The stack under supervisord, configured exactly as `make up` configures it
+    (scripts/supervisor.py), in a directory of its own: a process that dies is restarted.
+    ``urls`` are the gateways' base URLs; processes are named ``products-0`` etc."""
+
+    def __init__(self, env, run_dir, processes, gateways=3):
+        self.env = env
+        self.run_dir = run_dir
+        self.counts = processes
+        self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(gateways)]
+        self.urls = [f"http://{address}" for address in self.addresses]
+        self.conf = write_supervisor_conf(
+            {"PROCESSES": processes, "GATEWAY_ADDRESSES": self.addresses}, run_dir
+        )
+        self.supervisord = None
+
+    def ctl(self, *args):
+        return subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "supervisorctl"), "-c", self.conf, *args],
+            capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+
+    def start(self):
+        self.supervisord = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "supervisord"), "--nodaemon",
+             "-c", self.conf],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.wait_ready()
+
+    def program(self, name):
+        """supervisord's name for ``products-0`` or ``gateway-1`` (gateways go by port)."""
+        service, index = name.rsplit("-", 1)
+        if service == "gateway":
+            port = self.addresses[int(index)].rsplit(":", 1)[1]
+            return f"gateway-{port}:gateway-{port}-0"
+        return f"{service}:{name}"
+
+    def pid(self, name):
+        return int(self.ctl("pid", self.program(name)))
+
+    def kill(self, name, sig=signal.SIGKILL):
+        """Send ``sig`` to the process: supervisord restarts it, as in production."""
+        pid = self.pid(name)
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 30
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"{name} ({pid}) ignored signal {sig}"
+            time.sleep(0.1)
+
+    def stop_service(self, service):
+        """Stop every process of ``service`` (SIGTERM, as `make down`); not restarted."""
+        self.ctl("stop", f"{service}:*")
+
+    def start_service(self, service):
+        self.ctl("start", f"{service}:*")
+        self.wait_ready([service])
+
+    def wait_ready(self, services=None):
+        deadline = time.monotonic() + START_TIMEOUT
+        pending_services = set(services or self.counts)
+        pending_urls = set(self.urls) if services is None else set()
+        while pending_services or pending_urls:
+            for url in list(pending_urls):
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                        pending_urls.discard(url)
+            for service in list(pending_services):
+                if ping(self.env["AMQP_URI"], service):
+                    pending_services.discard(service)
+            assert time.monotonic() < deadline, (
+                f"stack not ready: {pending_services | pending_urls}; "
+                f"{self.ctl('status')}; logs in {self.run_dir}/logs"
+            )
+            time.sleep(0.3)
+
+    def stop(self):
+        """SIGTERM every process (as `make down`), then supervisord itself exits."""
+        if self.supervisord is None:
+            return
+        self.ctl("shutdown")
+        try:
+            self.supervisord.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.supervisord.kill()
+            self.supervisord.wait()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by supervisord) counts as gone
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().split(") ", 1)[1][0] != "Z"
+    return True
+
+
+def ping(amqp_uri, service, timeout=2):
+    try:
+        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=timeout) as cluster:
+            return getattr(cluster, service).ping() == "pong"
+    except Exception:
+        return False
+
+
+def books(engines):
+    """What the databases say: ``(stock_left, held, sold)`` where ``stock_left`` is
+    ``{product_id: stock}``, ``held`` maps ``"order_ref:product_id"`` to the quantity held
+    for a live (reserved or confirmed) hold, and ``sold`` the same for confirmed orders."""
+    with engines["products"].connect() as conn:
+        stock_left = dict(conn.execute(text("SELECT id, stock FROM products")).all())
+        held = dict(conn.execute(text(
+            "SELECT r.order_ref || ':' || r.product_id, r.quantity FROM reservations r "
+            "JOIN order_holds h ON h.order_ref = r.order_ref "
+            "WHERE h.status IN ('reserved', 'confirmed')")).all())
+    with engines["orders"].connect() as conn:
+        sold = dict(conn.execute(text(
+            "SELECT o.order_ref || ':' || l.product_id, l.quantity FROM orders o "
+            "JOIN order_lines l ON l.order_id = o.id WHERE o.status = 'confirmed'")).all())
+    return stock_left, held, sold
+
+
+def books_balance(engines, stock_added):
+    """The bank invariant, as a list of violations (empty when it holds): per product,
+    stock left + units in confirmed orders == stock added and stock >= 0; every confirmed
+    order line has exactly one live hold of the same quantity, and no live hold lacks its
+    confirmed order."""
+    stock_left, held, sold = books(engines)
+    problems = []
+    if held != sold:
+        problems.append(f"holds without a confirmed order: {sorted(set(held) - set(sold))}; "
+                        f"confirmed lines without a hold: {sorted(set(sold) - set(held))}")
+    for product_id, added in stock_added.items():
+        units_sold = sum(q for key, q in sold.items() if key.endswith(f":{product_id}"))
+        if stock_left[product_id] < 0 or stock_left[product_id] + units_sold != added:
+            problems.append(f"product {product_id}: added {added}, left "
+                            f"{stock_left[product_id]}, sold {units_sold}")
+    return problems
