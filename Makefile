@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -52,6 +52,11 @@ logs:  ## follow every process's log
 
 seed: migrate  ## fake data: make seed SEED_CUSTOMERS=10000 SEED_PRODUCTS=100000
 	$(MANAGE) seed --customers $(SEED_CUSTOMERS) --products $(SEED_PRODUCTS)
+
+bench:  ## load benchmark of the running stack (`make up` first): BENCH_DURATION=10 BENCH_CONNECTIONS=50
+	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
+	@bash bench/ensure-wrk.sh
+	@$(BIN)/python bench/run.py
 
 shell: build  ## interactive RPC: n.rpc.products.get_product(1)
 	$(BIN)/nameko shell --config config.yml
