@@ -5,7 +5,8 @@ psycopg2: it is what ``nameko run`` does, and without it a worker waiting on a r
 held by another worker of the same process blocks the whole process (psycopg2 is a C
 driver; the patch gives it a cooperative wait callback).
 
-Tests use their own databases (config.yml's names + ``_test``), built once per session by
+Tests use their own databases (config.yml's names + ``_test_<pid>``, one set per test
+session, dropped at its end), built once per session by
 the Alembic migrations (so models and migrations cannot drift) and emptied before each
 test that asks for ``clean_databases``. RabbitMQ isolation comes from nameko's pytest
 plugin: ``rabbit_config`` is a fresh vhost per test.
@@ -13,6 +14,8 @@ plugin: ``rabbit_config`` is a fresh vhost per test.
 import eventlet
 
 eventlet.monkey_patch()
+
+import os  # noqa: E402
 
 import pytest  # noqa: E402
 from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
@@ -23,7 +26,8 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 from common import admin  # noqa: E402
 from common.config import load_config  # noqa: E402
 
-TEST_DB_SUFFIX = "_test"
+# Per test session, so two runs at once (a developer's and CI's) never share tables.
+TEST_DB_SUFFIX = f"_test_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +50,14 @@ def test_db_uris(base_config):
 
 @pytest.fixture(scope="session")
 def databases(test_db_uris):
-    """Fresh test databases, migrated to head, for the whole session."""
+    """Fresh test databases, migrated to head, for the whole session; dropped after."""
     for service, uri in test_db_uris.items():
         admin.drop_database(uri)
         admin.create_database(uri)
         admin.migrate(service, uri)
-    return test_db_uris
+    yield test_db_uris
+    for uri in test_db_uris.values():
+        admin.drop_database(uri)
 
 
 @pytest.fixture(scope="session")

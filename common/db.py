@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from nameko_sqlalchemy import Database as NamekoDatabase
 from nameko_sqlalchemy.database import DB_ENGINE_OPTIONS_KEY
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from common.errors import ServiceUnavailable
@@ -74,3 +75,10 @@ def database_errors_as_unavailable():
             "the database is unavailable or busy; retry later",
             {"reason": "database", "pgcode": code},
         ) from None
+
+
+def check_database(db):
+    """``"ok"`` if the database answers ``SELECT 1``; raises ServiceUnavailable."""
+    with database_errors_as_unavailable():
+        db.session.execute(text("SELECT 1"))
+    return "ok"

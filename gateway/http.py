@@ -7,12 +7,19 @@ from routing (404, 405), from parsing the body (400, 413, 415) or from a service
 ShopError, which keeps its status). Anything else is a bug: logged with its traceback once,
 answered as a bare 500 envelope with no detail.
 
+Every answer carries ``X-Request-ID`` (the client's, or a new one), which also goes to
+every service in Nameko's context data. Write routes may require a bearer token
+(:mod:`gateway.auth`).
+
 The listening socket gets a configurable backlog (``WEB_LISTEN_BACKLOG``); eventlet's
 default of 50 resets connections in bursts.
 """
 import json
+import re
+import uuid
 
 import eventlet
+from nameko.exceptions import RemoteError
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
@@ -22,7 +29,11 @@ from common.errors import (
     BadRequest, InternalError, PayloadTooLarge, ShopError, UnsupportedMediaType,
     from_http_status,
 )
+from common.logs import REQUEST_ID_KEY
+from gateway.auth import authorize, configured_tokens
 
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 DEFAULT_LISTEN_BACKLOG = 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
@@ -46,6 +57,17 @@ def error_response(exc):
     if exc.status == 405 and "allowed" in exc.details:
         headers = {"Allow": ", ".join(exc.details["allowed"])}
     return json_response(exc.to_dict(), exc.status, headers)
+
+
+def request_id_of(request):
+    """The client's ``X-Request-ID`` if it is sane (1-128 printable ASCII), else a new one;
+    the same for the whole request."""
+    if "shop.request_id" not in request.environ:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request.environ["shop.request_id"] = (
+            given if REQUEST_ID_PATTERN.match(given) else uuid.uuid4().hex
+        )
+    return request.environ["shop.request_id"]
 
 
 def read_json(request, max_bytes):
@@ -95,6 +117,7 @@ class JsonWsgiApp(WsgiApp):
             response = provider.handle_request(request)
         except HTTPException as exc:
             response = error_response(routing_error(exc, environ))
+            response.headers[REQUEST_ID_HEADER] = request_id_of(request)
         return response(environ, start_response)
 
 
@@ -114,6 +137,10 @@ class JsonWebServer(WebServer):
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
 
+    def context_data_from_headers(self, request):
+        """The request id travels to every service in Nameko's context data."""
+        return {REQUEST_ID_KEY: request_id_of(request)}
+
     def start(self):
         if not self._starting:
             self._starting = True
@@ -125,13 +152,26 @@ class JsonWebServer(WebServer):
 
 
 class JsonHttpEntrypoint(HttpRequestHandler):
-    """``@http`` whose errors are JSON envelopes; ShopErrors are expected outcomes."""
+    """``@http`` whose errors are JSON envelopes, with a request id and optional auth.
+
+    ShopErrors are expected outcomes; so are RemoteErrors (a bug in a service, already
+    logged with its traceback there: logged once, where it happened)."""
 
     server = JsonWebServer()
 
     def __init__(self, method, url, **kwargs):
-        kwargs.setdefault("expected_exceptions", ShopError)
+        kwargs.setdefault("expected_exceptions", (ShopError, RemoteError))
         super().__init__(method, url, **kwargs)
+
+    def handle_request(self, request):
+        try:
+            authorize(request, configured_tokens(self.container.config))
+        except ShopError as exc:
+            response = error_response(exc)
+        else:
+            response = super().handle_request(request)
+        response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+        return response
 
     def response_from_exception(self, exc):
         # Unexpected exceptions were already logged, with traceback, by nameko's container.

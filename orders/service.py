@@ -23,8 +23,9 @@ from nameko.dependency_providers import Config
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.db import Database, check_database, database_errors_as_unavailable, is_valid_id
 from common.idempotency import checked_key, ensure_same_request, fingerprint
+from common.logs import WorkerLog
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
@@ -44,6 +45,7 @@ class OrdersService:
 
     db = Database(Base)
     config = Config()
+    worker_log = WorkerLog()
     customers = BoundedRpcProxy("customers")
     products = BoundedRpcProxy("products")
 
@@ -51,6 +53,12 @@ class OrdersService:
     def ping(self):
         """Liveness probe: returns ``"pong"``; touches nothing."""
         return "pong"
+
+    @rpc
+    def check_ready(self):
+        """Readiness probe: ``{"database": "ok"}`` once the database answers; raises
+        ServiceUnavailable (503) otherwise. Read-only."""
+        return {"database": check_database(self.db)}
 
     @rpc
     def create_order(self, payload, idempotency_key=None):
