@@ -1,5 +1,8 @@
 """Customers service: RPC contracts over the customers database."""
+import logging
+
 from nameko.dependency_providers import Config
+from nameko.events import EventDispatcher
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -13,6 +16,8 @@ from customers.exceptions import CustomerNotFound, EmailAlreadyRegistered
 from customers.models import Base, Customer
 from customers.schemas import CreateCustomerSchema, CustomerSchema
 
+log = logging.getLogger(__name__)
+
 customer_schema = CustomerSchema()
 
 
@@ -22,6 +27,7 @@ class CustomersService:
     db = Database(Base)
     config = Config()
     worker_log = WorkerLog()
+    dispatch = EventDispatcher()
 
     @rpc
     def ping(self):
@@ -53,9 +59,12 @@ class CustomersService:
                     customer = Customer(**data, idempotency_key=key, request_fingerprint=request)
                     session.add(customer)
                     session.flush()
-                    return customer_schema.dump(customer)
+                    created = customer_schema.dump(customer)
             except IntegrityError:
                 pass
+            else:
+                self._announce(created)
+                return created
             with self.db.get_session() as session:
                 first = key and session.scalars(
                     select(Customer).where(Customer.idempotency_key == key)
@@ -67,6 +76,14 @@ class CustomersService:
                     )
                 ensure_same_request(key, first.request_fingerprint, request)
                 return customer_schema.dump(first)
+
+    def _announce(self, customer):
+        """Publish ``customer_created`` (orders keeps a local view of who exists). Best
+        effort: a lost event only costs orders one RPC to ``get_customer`` later."""
+        try:
+            self.dispatch("customer_created", {"id": customer["id"]})
+        except Exception as exc:  # noqa: BLE001 - the customer exists; the event is a hint
+            log.warning("customer_created not published for %s: %s", customer["id"], exc)
 
     @rpc
     def get_customer(self, customer_id):

@@ -8,7 +8,7 @@ can never decide differently.
 
 Safety of each step when repeated:
 
-* ``customers.get_customer`` is read-only;
+* the customer check is read-only (a local, event-fed view, else ``customers.get_customer``);
 * ``products.reserve_stock(order_ref, ...)`` is idempotent on ``order_ref`` and answers
   ``released`` once the order was fenced, so a stale or replayed call reserves nothing;
 * ``products.release_stock(order_ref)`` is idempotent and fences the order;
@@ -46,15 +46,16 @@ def stored_error(record):
     return cls(record["message"], record.get("details"))
 
 
-def advance(order, customers, products):
-    """Drive a ``pending`` order as far as it can go now.
+def advance(order, check_customer, products):
+    """Drive a ``pending`` order as far as it can go now. ``check_customer(id)`` raises
+    CustomerNotFound for an unknown customer.
 
     Ends ``confirmed``, ``rejected`` (definite refusal, stored in ``failure``), ``failed``
     (the order had been fenced) or still ``pending`` (an answer was missing: the error is
     stored in ``failure``). Returns True if this call saw stock reserved for the order.
     """
     try:
-        customers.get_customer(order.customer_id)
+        check_customer(order.customer_id)
         hold = products.reserve_stock(order.order_ref, order.requested)
     except DEFINITE_REFUSALS as exc:
         order.status, order.failure = OrderStatus.REJECTED, error_record(exc)

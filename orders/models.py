@@ -62,3 +62,13 @@ class OrderLine(Base):
     unit_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
 
     order: Mapped[Order] = relationship(back_populates="lines")
+
+
+class KnownCustomer(Base):
+    """Customers this service knows exist: a local, event-fed view (customers' event
+    ``customer_created``), filled also by every successful RPC check. Customers are never
+    deleted, so a row here saves the RPC to customers for good."""
+
+    __tablename__ = "known_customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)

@@ -4,7 +4,8 @@
 database that holds the new (or replayed) order's row lock:
 
 1. insert the order ``pending`` (or, with an Idempotency-Key already used, lock that one);
-2. check the customer (``customers.get_customer``);
+2. check the customer: in the local view of known customers (fed by customers'
+   ``customer_created`` events), else over RPC (``customers.get_customer``);
 3. reserve every line's stock in one products transaction (``products.reserve_stock``,
    keyed on the order's ``order_ref``), which returns each unit price as it was then;
 4. record the outcome (confirmed with lines and total, rejected, or still pending when an
@@ -18,9 +19,12 @@ is resolved by a client retry with the same key, or by :meth:`recover_pending_or
 import logging
 import uuid
 from datetime import timedelta
+from functools import partial
 
 from nameko.dependency_providers import Config
+from nameko.events import event_handler
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
 from common.db import Database, check_database, database_errors_as_unavailable, is_valid_id
@@ -32,12 +36,16 @@ from common.schemas import load, merge_line_items
 from common.timer import config_timer
 from orders import flow
 from orders.exceptions import OrderNotCancellable, OrderNotFound
-from orders.models import Base, Order, OrderStatus
+from orders.models import Base, KnownCustomer, Order, OrderStatus
 from orders.schemas import CreateOrderSchema, OrderSchema
 
 log = logging.getLogger(__name__)
 
 order_schema = OrderSchema()
+
+
+def remember(session, customer_id):
+    session.execute(insert(KnownCustomer).values(id=customer_id).on_conflict_do_nothing())
 
 
 class OrdersService:
@@ -89,32 +97,34 @@ class OrdersService:
     def _place(self, key, request, customer_id, requested):
         """Insert (or find by key) and advance the order in one committed transaction.
         Returns ``(order dumped, the error to answer with or None)``."""
-        for attempt in (1, 2):
+        for replay in (False, True):
             session = self.db.get_session()
             reserved = False
             try:
-                order = key and session.scalars(
-                    select(Order).where(Order.idempotency_key == key).with_for_update()
-                ).one_or_none()
-                if order:
+                if replay:  # the key exists: lock that order (waits for a twin in flight)
+                    order = session.scalars(
+                        select(Order).where(Order.idempotency_key == key).with_for_update()
+                    ).one()
                     ensure_same_request(key, order.request_fingerprint, request)
-                else:
+                else:  # the common case first: one INSERT, no lookup
                     order = Order(
                         order_ref=uuid.uuid4().hex, customer_id=customer_id,
                         status=OrderStatus.PENDING, requested=requested,
                         idempotency_key=key, request_fingerprint=request,
                     )
                     session.add(order)
-                    session.flush()  # a concurrent twin with the same key: IntegrityError
+                    session.flush()  # the key was used before: IntegrityError, replay
                 if order.status == OrderStatus.PENDING:
-                    reserved = flow.advance(order, self.customers, self.products)
+                    reserved = flow.advance(
+                        order, partial(self._check_customer, session), self.products
+                    )
                     session.flush()
                 result = order_schema.dump(order), flow.outcome_error(order)
                 session.commit()
                 return result
             except IntegrityError:
                 session.rollback()
-                if attempt == 2 or key is None:
+                if replay or key is None:
                     raise
             except Exception:
                 session.rollback()
@@ -157,8 +167,8 @@ class OrdersService:
         """One page of ``customer_id``'s orders in id order: ``{"items", "next_after"}``.
         Raises CustomerNotFound (404), ValidationError (422). Read-only."""
         limit, after = page_params(self.config, limit, after)
-        self.customers.get_customer(customer_id)
         with database_errors_as_unavailable():
+            self._check_customer(self.db.session, customer_id)
             rows, next_after = keyset_page(
                 self.db.session, Order, limit, after, Order.customer_id == customer_id
             )
@@ -199,6 +209,21 @@ class OrdersService:
                     log.warning("recovery of order %s postponed: %s", order.id, exc)
                     return
                 log.info("recovered order %s: %s", order.id, order.status)
+
+    @event_handler("customers", "customer_created")
+    def remember_customer(self, payload):
+        """Keep the local view of existing customers (idempotent: a redelivered event
+        changes nothing)."""
+        with self.db.get_session() as session:
+            remember(session, payload["id"])
+
+    def _check_customer(self, session, customer_id):
+        """Raise CustomerNotFound unless the customer exists: the local view first (no
+        RPC), else customers.get_customer (whose answer is then remembered)."""
+        if is_valid_id(customer_id) and session.get(KnownCustomer, customer_id):
+            return
+        self.customers.get_customer(customer_id)  # CustomerNotFound for a bad id too
+        remember(session, customer_id)
 
     def _get(self, session, order_id, lock=False):
         order = None

@@ -262,3 +262,16 @@ def test_invalid_order_is_rejected_before_anything(service, clean_databases, pay
 def test_unknown_order(service, order_id):
     with pytest.raises(OrderNotFound):
         service.get_order(order_id)
+
+
+def test_a_customer_announced_by_event_needs_no_rpc(service):
+    service.remember_customer({"id": 1})
+    service.remember_customer({"id": 1})  # a redelivered event changes nothing
+    service.create_order(ORDER)
+    service.customers.get_customer.assert_not_called()
+
+
+def test_a_customer_checked_once_over_rpc_is_remembered(service):
+    service.create_order(ORDER)
+    service.create_order(ORDER)
+    service.customers.get_customer.assert_called_once_with(1)
