@@ -1,14 +1,14 @@
 """Customers service: RPC contracts over the customers database."""
 import logging
 
-from nameko.dependency_providers import Config
 from nameko.events import EventDispatcher
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from common.db import Database, check_database, database_errors_as_unavailable, is_valid_id
+# Imported as a module: `nameko run` would take a class in this namespace for a service.
+from common import service as shop
+from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.idempotency import checked_key, ensure_same_request, fingerprint
-from common.logs import WorkerLog
 from common.pagination import keyset_page, page_params
 from common.rpc import rpc
 from common.schemas import load
@@ -21,24 +21,11 @@ log = logging.getLogger(__name__)
 customer_schema = CustomerSchema()
 
 
-class CustomersService:
+class CustomersService(shop.ShopService):
     name = "customers"
 
     db = Database(Base)
-    config = Config()
-    worker_log = WorkerLog()
     dispatch = EventDispatcher()
-
-    @rpc
-    def ping(self):
-        """Liveness probe: returns ``"pong"``; touches nothing."""
-        return "pong"
-
-    @rpc
-    def check_ready(self):
-        """Readiness probe: ``{"database": "ok"}`` once the database answers; raises
-        ServiceUnavailable (503) otherwise. Read-only."""
-        return {"database": check_database(self.db)}
 
     @rpc
     def create_customer(self, payload, idempotency_key=None):

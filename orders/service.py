@@ -21,15 +21,15 @@ import uuid
 from datetime import timedelta
 from functools import partial
 
-from nameko.dependency_providers import Config
 from nameko.events import event_handler
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
-from common.db import Database, check_database, database_errors_as_unavailable, is_valid_id
+# Imported as a module: `nameko run` would take a class in this namespace for a service.
+from common import service as shop
+from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.idempotency import checked_key, ensure_same_request, fingerprint
-from common.logs import WorkerLog
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
@@ -48,25 +48,12 @@ def remember(session, customer_id):
     session.execute(insert(KnownCustomer).values(id=customer_id).on_conflict_do_nothing())
 
 
-class OrdersService:
+class OrdersService(shop.ShopService):
     name = "orders"
 
     db = Database(Base)
-    config = Config()
-    worker_log = WorkerLog()
     customers = BoundedRpcProxy("customers")
     products = BoundedRpcProxy("products")
-
-    @rpc
-    def ping(self):
-        """Liveness probe: returns ``"pong"``; touches nothing."""
-        return "pong"
-
-    @rpc
-    def check_ready(self):
-        """Readiness probe: ``{"database": "ok"}`` once the database answers; raises
-        ServiceUnavailable (503) otherwise. Read-only."""
-        return {"database": check_database(self.db)}
 
     @rpc
     def create_order(self, payload, idempotency_key=None):

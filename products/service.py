@@ -5,14 +5,14 @@ Prices travel as strings with two decimals (``"3.50"``), never floats.
 import logging
 from datetime import timedelta
 
-from nameko.dependency_providers import Config
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from common.db import Database, check_database, database_errors_as_unavailable, is_valid_id
+# Imported as a module: `nameko run` would take a class in this namespace for a service.
+from common import service as shop
+from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.errors import ShopError
 from common.idempotency import checked_key, ensure_same_request, fingerprint
-from common.logs import WorkerLog
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
@@ -33,24 +33,11 @@ product_schema = ProductSchema()
 reservation_schema = ReservationSchema()
 
 
-class ProductsService:
+class ProductsService(shop.ShopService):
     name = "products"
 
     db = Database(Base)
-    config = Config()
-    worker_log = WorkerLog()
     orders = BoundedRpcProxy("orders")
-
-    @rpc
-    def ping(self):
-        """Liveness probe: returns ``"pong"``; touches nothing."""
-        return "pong"
-
-    @rpc
-    def check_ready(self):
-        """Readiness probe: ``{"database": "ok"}`` once the database answers; raises
-        ServiceUnavailable (503) otherwise. Read-only."""
-        return {"database": check_database(self.db)}
 
     @rpc
     def create_product(self, payload, idempotency_key=None):

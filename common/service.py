@@ -1,0 +1,25 @@
+"""What every shop service with a database has in common."""
+from nameko.dependency_providers import Config
+
+from common.db import check_database
+from common.logs import WorkerLog
+from common.rpc import rpc
+
+
+class ShopService:
+    """Base of customers, products and orders: their config, the one JSON log line per
+    worker, and the two probes. A subclass sets ``name`` and ``db``."""
+
+    config = Config()
+    worker_log = WorkerLog()
+
+    @rpc
+    def ping(self):
+        """Liveness probe: returns ``"pong"``; touches nothing."""
+        return "pong"
+
+    @rpc
+    def check_ready(self):
+        """Readiness probe: ``{"database": "ok"}`` once the database answers; raises
+        ServiceUnavailable (503) otherwise. Read-only."""
+        return {"database": check_database(self.db)}
