@@ -111,7 +111,9 @@ class OrdersService(shop.ShopService):
                 return result
             except IntegrityError:
                 session.rollback()
-                if replay or key is None:
+                if reserved:  # not the key: something failed after the reservation
+                    self._release_quietly(order.order_ref)
+                if replay or key is None or reserved:
                     raise
             except Exception:
                 session.rollback()

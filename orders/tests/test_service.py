@@ -3,7 +3,7 @@ replaced by mocks, on the real orders test database."""
 import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from common.errors import GatewayTimeout, ServiceUnavailable, ValidationError
 from common.idempotency import IdempotencyKeyReused
@@ -118,6 +118,23 @@ def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
     order_ref = service.products.reserve_stock.call_args.args[0]
     service.products.release_stock.assert_called_once_with(order_ref)
+    assert orders_in_db(clean_databases) == []
+
+
+def test_an_integrity_error_after_the_reservation_releases_it(service, clean_databases, monkeypatch):
+    session = service.db.get_session()
+    monkeypatch.setattr(service.db, "get_session", lambda: session)
+
+    def broken_commit():
+        raise IntegrityError("COMMIT", {}, Exception("a constraint"))
+
+    monkeypatch.setattr(session, "commit", broken_commit)
+    with pytest.raises(IntegrityError):
+        service.create_order(ORDER, "key-1")
+    service.products.release_stock.assert_called_once_with(
+        service.products.reserve_stock.call_args.args[0]
+    )
+    assert service.products.reserve_stock.call_count == 1  # not retried as a key replay
     assert orders_in_db(clean_databases) == []
 
 
