@@ -8,6 +8,13 @@ from common.errors import ValidationError
 NOT_BLANK = validate.Regexp(r"\s*\S", error="Must not be blank.")
 
 
+def storable_text(value):
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate (JSON
+    allows both, e.g. "\\u0000", "\\ud800"): reject them as invalid input, not a 500."""
+    if "\x00" in value or any("\ud800" <= char <= "\udfff" for char in value):
+        raise MarshmallowValidationError("Must not contain NUL characters or lone surrogates.")
+
+
 def load(schema, data):
     """Validate ``data`` with ``schema``; raise a 422 :class:`ValidationError` naming every
     bad field (``details`` maps field -> list of messages) instead of marshmallow's error."""

@@ -17,6 +17,7 @@ import gateway.exceptions  # noqa: F401  (registers the services' errors)
 from common.errors import ShopError
 from common.logs import WorkerLog
 from common.rpc import BoundedRpcProxy
+from gateway import openapi
 from gateway.dependencies import ReadinessProbes, rabbitmq_status
 from gateway.http import DEFAULT_MAX_BODY_BYTES, http, json_response, read_json
 
@@ -133,3 +134,19 @@ class GatewayService:
             query = {"after": page["next_after"], **({"limit": limit} if limit else {})}
             headers["Link"] = f'<{request.base_url}?{urlencode(query)}>; rel="next"'
         return json_response(page["items"], 200, headers)
+
+    @http("GET", "/api/openapi.json")
+    def openapi_spec(self, request):
+        """The OpenAPI 3 document of every route (gateway/openapi.yaml), as JSON."""
+        return openapi.spec_response()
+
+    @http("GET", "/api/docs")
+    def docs(self, request):
+        """Human docs: a Swagger UI page on ``/api/openapi.json``."""
+        return openapi.docs_response()
+
+    @http("GET", "/api/docs/<path:filename>")
+    def docs_asset(self, request, filename):
+        """The docs page's scripts and styles, from the swagger-ui-bundle package (no CDN);
+        404 for any name that is not one of its files."""
+        return openapi.asset_response(filename)

@@ -4,7 +4,7 @@ from decimal import Decimal
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from common.db import MAX_INT4
-from common.schemas import NOT_BLANK, LineItemSchema
+from common.schemas import NOT_BLANK, storable_text, LineItemSchema
 
 MAX_PRICE = Decimal("9999999999.99")  # Numeric(12, 2)
 
@@ -17,7 +17,9 @@ def at_most_two_decimals(value):
 class CreateProductSchema(Schema):
     """``create_product`` input. ``price`` may be a string or a number (``"3.5"``, ``3.5``)."""
 
-    name = fields.String(required=True, validate=[validate.Length(min=1, max=200), NOT_BLANK])
+    name = fields.String(
+        required=True, validate=[validate.Length(min=1, max=200), NOT_BLANK, storable_text]
+    )
     price = fields.Decimal(
         required=True,
         validate=[validate.Range(min=0, max=MAX_PRICE), at_most_two_decimals],
@@ -39,7 +41,9 @@ class ProductSchema(Schema):
 
 
 class ReserveStockSchema(Schema):
-    order_ref = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    order_ref = fields.String(
+        required=True, validate=[validate.Length(min=1, max=64), storable_text]
+    )
     items = fields.List(
         fields.Nested(LineItemSchema), required=True, validate=validate.Length(min=1, max=100)
     )

@@ -39,6 +39,8 @@ def test_duplicate_email_is_a_conflict_case_insensitively(service):
         ({"name": "   ", "email": "a@example.com"}, {"name"}),
         ({"name": "x" * 201, "email": "a@example.com"}, {"name"}),
         ({"name": 5, "email": "a@example.com"}, {"name"}),
+        ({"name": "nul\x00", "email": "a@example.com"}, {"name"}),
+        ({"name": "x", "email": "a\x00@example.com"}, {"email"}),
         ({"name": "x", "email": "a@example.com", "admin": True}, {"admin"}),
     ],
 )

@@ -51,6 +51,8 @@ def test_price_accepts_string_or_number_and_returns_a_two_decimal_string(service
         ({"name": "x", "price": "1", "stock": "35"}, "stock"),
         ({"name": "x", "price": "1", "stock": 2**31}, "stock"),
         ({"name": "", "price": "1", "stock": 1}, "name"),
+        ({"name": "a\x00b", "price": "1", "stock": 1}, "name"),  # found by schemathesis
+        ({"name": "a\ud800", "price": "1", "stock": 1}, "name"),
         ({"price": "1", "stock": 1}, "name"),
     ],
 )
