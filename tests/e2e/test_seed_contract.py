@@ -121,3 +121,13 @@ def test_pagination_link_walks_every_product(api):
         seen += [p["id"] for p in response.json()]
         url = response.links.get("next", {}).get("url")
     assert seen == created
+
+
+def test_text_that_looks_like_sql_is_stored_as_text(api):
+    name = "Robert'); DROP TABLE customers;--"
+    created = requests.post(f"{api}/api/customers", json={"name": name, "email": "bobby@example.com"})
+    assert created.status_code == 201
+    assert requests.get(f"{api}/api/customers/{created.json()['id']}").json()["name"] == name
+    product = requests.post(f"{api}/api/products", json={"name": "1 OR 1=1; --", "price": "1", "stock": 1})
+    assert requests.get(f"{api}/api/products/{product.json()['id']}").json()["name"] == "1 OR 1=1; --"
+    assert len(requests.get(f"{api}/api/customers").json()) == 1

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import eventlet
+import pytest
 
 from tests.faults.conftest import FAST_RECOVERY
 
@@ -24,17 +25,11 @@ def mid_load(load, seconds=0.7):
     eventlet.sleep(seconds)
 
 
-def test_products_process_killed_mid_load(stack, load, check_books):
+@pytest.mark.parametrize("process", ["products-0", "orders-0"])
+def test_process_killed_mid_load(stack, load, check_books, process):
+    """kill -9 one of two processes of the service mid-load; supervisord restarts it."""
     mid_load(load)
-    stack.kill("products-0", signal.SIGKILL)  # supervisord restarts it
-    load.wait()
-    load.settle()
-    check_books()
-
-
-def test_orders_process_killed_mid_load(stack, load, check_books):
-    mid_load(load)
-    stack.kill("orders-0", signal.SIGKILL)  # supervisord restarts it
+    stack.kill(process, signal.SIGKILL)
     load.wait()
     load.settle()
     check_books()
