@@ -35,6 +35,20 @@ class LineItemSchema(Schema):
     )
 
 
+def merged_quantities_fit(items):
+    """List validator: the quantities of lines with the same product id add up (see
+    :func:`merge_line_items`), and each sum must still fit the quantity column."""
+    too_big = sorted(pid for pid, q in merge_line_items(items).items() if q > MAX_INT4)
+    if too_big:
+        raise MarshmallowValidationError(
+            f"The quantities of product(s) {', '.join(map(str, too_big))} add up to more "
+            f"than {MAX_INT4}."
+        )
+
+
+LINE_ITEMS = [validate.Length(min=1, max=100), merged_quantities_fit]
+
+
 def merge_line_items(items):
     """``{product_id: total quantity}`` in ascending id order (duplicate ids add up)."""
     quantities = {}

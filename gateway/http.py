@@ -99,6 +99,10 @@ def read_json(request, max_bytes):
         raise BadRequest("the request body is not valid UTF-8") from None
     except ValueError as exc:
         raise BadRequest("the request body is not valid JSON", {"reason": str(exc)}) from None
+    except RecursionError:  # e.g. "[" * 30000: the parser gives up, not the server
+        raise BadRequest(
+            "the request body is nested too deeply", {"reason": "nesting too deep"}
+        ) from None
 
 
 def _reject_constant(name):
@@ -136,6 +140,13 @@ def routing_error(exc, environ):
 class JsonWebServer(WebServer):
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
+
+    def make_url_map(self):
+        """Nameko's map, without werkzeug's redirects: a path with ``//`` in it is a 404
+        like any other unknown path, not a 308 to a URL an API client would not follow."""
+        url_map = super().make_url_map()
+        url_map.merge_slashes = False
+        return url_map
 
     def context_data_from_headers(self, request):
         """The request id travels to every service in Nameko's context data."""

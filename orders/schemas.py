@@ -2,7 +2,7 @@
 from marshmallow import Schema, fields, validate
 
 from common.db import MAX_INT4
-from common.schemas import LineItemSchema
+from common.schemas import LINE_ITEMS, LineItemSchema
 
 
 class CreateOrderSchema(Schema):
@@ -12,7 +12,7 @@ class CreateOrderSchema(Schema):
         strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4)
     )
     products = fields.List(
-        fields.Nested(LineItemSchema), required=True, validate=validate.Length(min=1, max=100)
+        fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS
     )
 
 

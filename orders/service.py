@@ -62,8 +62,9 @@ class OrdersService(shop.ShopService):
         Returns the confirmed order: ``{"id", "customer_id", "status", "total", "lines":
         [{"product_id", "name", "quantity", "unit_price"}], "created_at", ...}``.
         Raises ValidationError (422) and InvalidIdempotencyKey (400) storing nothing;
-        CustomerNotFound / ProductNotFound (404) or InsufficientStock (409, naming each short
-        product, requested and available): the order is ``rejected``, nothing reserved;
+        CustomerNotFound / ProductNotFound (404), InsufficientStock (409, naming each short
+        product, requested and available) or OrderTotalTooLarge (422, at current prices):
+        the order is ``rejected``, nothing reserved;
         OrderFailed (409): the order was fenced by recovery; ServiceUnavailable (503) or
         GatewayTimeout (504): the order is ``pending`` (``details.order_id``).
         Idempotent with ``idempotency_key``: a retry gets the first outcome (same order,

@@ -1,5 +1,5 @@
 """Errors the products service raises (imported by its callers so they deserialize)."""
-from common.errors import Conflict, NotFound
+from common.errors import Conflict, NotFound, ValidationError
 
 
 class ProductNotFound(NotFound):
@@ -26,3 +26,18 @@ class InsufficientStock(Conflict):
             for s in shortages
         )
         return cls(f"not enough stock ({text})", {"products": shortages})
+
+
+class OrderTotalTooLarge(ValidationError):
+    """The order's total at current prices is beyond what an order can record
+    (``details["products"]``: the limit and the total)."""
+
+    error = "order_total_too_large"
+    description = "The order's total at current prices exceeds the maximum an order can hold."
+
+    @classmethod
+    def for_total(cls, total, limit):
+        return cls(
+            f"the order's total {total} exceeds the maximum {limit}",
+            {"products": [f"The total at current prices, {total}, exceeds {limit}."]},
+        )

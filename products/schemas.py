@@ -4,7 +4,7 @@ from decimal import Decimal
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from common.db import MAX_INT4
-from common.schemas import NOT_BLANK, storable_text, LineItemSchema
+from common.schemas import LINE_ITEMS, NOT_BLANK, LineItemSchema, storable_text
 
 MAX_PRICE = Decimal("9999999999.99")  # Numeric(12, 2)
 
@@ -27,8 +27,10 @@ class CreateProductSchema(Schema):
     stock = fields.Integer(strict=True, required=True, validate=validate.Range(min=0, max=MAX_INT4))
 
     @post_load
-    def strip_name(self, data, **kwargs):
+    def normalize(self, data, **kwargs):
         data["name"] = data["name"].strip()
+        # "-0" is a valid price; store and answer it as the zero every read shows.
+        data["price"] = data["price"].copy_abs() if data["price"].is_zero() else data["price"]
         return data
 
 
@@ -45,7 +47,7 @@ class ReserveStockSchema(Schema):
         required=True, validate=[validate.Length(min=1, max=64), storable_text]
     )
     items = fields.List(
-        fields.Nested(LineItemSchema), required=True, validate=validate.Length(min=1, max=100)
+        fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS
     )
 
 

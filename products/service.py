@@ -21,13 +21,14 @@ from products import stock
 from products.exceptions import ProductNotFound
 from products.models import Base, HoldStatus, OrderHold, Product
 
+from products.schemas import (
+    CreateProductSchema, ProductSchema, ReservationSchema, ReserveStockSchema,
+)
+
 log = logging.getLogger(__name__)
 
 # Order states (from orders.order_states) whose stock must be given back.
 ORDER_STATES_WITHOUT_STOCK = {None, "rejected", "failed", "cancelled"}
-from products.schemas import (
-    CreateProductSchema, ProductSchema, ReservationSchema, ReserveStockSchema,
-)
 
 product_schema = ProductSchema()
 reservation_schema = ReservationSchema()
@@ -101,6 +102,7 @@ class ProductsService(shop.ShopService):
         ``reserved`` on success; ``released`` if the order was released or fenced before
         (then nothing is held and the order must not be confirmed).
         Raises ValidationError (422), ProductNotFound (404), InsufficientStock (409),
+        OrderTotalTooLarge (422, the total at current prices does not fit an order),
         ServiceUnavailable (503, lock or database timeout). Nothing changes on an error.
         Idempotent on ``order_ref``: a replay returns the first outcome unchanged.
         """

@@ -18,11 +18,16 @@ Two transactions creating the same hold at once (a reserve racing a release of t
 order) collide on the primary key; the loser raises IntegrityError and is retried by the
 caller (:func:`with_hold_retry`), after which it sees the winner's hold.
 """
+from decimal import Decimal
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from products.exceptions import InsufficientStock, ProductNotFound
+from products.exceptions import InsufficientStock, OrderTotalTooLarge, ProductNotFound
 from products.models import HoldStatus, OrderHold, Product, Reservation
+
+# The largest total an order can record: orders.total is NUMERIC(14, 2).
+MAX_ORDER_TOTAL = Decimal("999999999999.99")
 
 
 def lock_products(session, product_ids):
@@ -63,9 +68,10 @@ def reserve(session, order_ref, quantities):
 
     Returns the hold (see :func:`describe`). If ``order_ref`` already has one, returns it
     unchanged, whatever its status (``released`` means the order was fenced or cancelled:
-    nothing is reserved). Raises ProductNotFound naming every unknown id, or
-    InsufficientStock naming every short line (requested and available); nothing changes
-    then. The caller commits.
+    nothing is reserved). Raises ProductNotFound naming every unknown id,
+    InsufficientStock naming every short line (requested and available), or
+    OrderTotalTooLarge when the total at current prices exceeds :data:`MAX_ORDER_TOTAL`;
+    nothing changes then. The caller commits.
     """
     products = lock_products(session, quantities)
     hold = lock_hold(session, order_ref)
@@ -83,6 +89,10 @@ def reserve(session, order_ref, quantities):
     ]
     if shortages:
         raise InsufficientStock.for_shortages(shortages)
+
+    total = sum(products[pid].price * quantity for pid, quantity in quantities.items())
+    if total > MAX_ORDER_TOTAL:
+        raise OrderTotalTooLarge.for_total(total, MAX_ORDER_TOTAL)
 
     hold = OrderHold(order_ref=order_ref, status=HoldStatus.RESERVED, lines=[])
     for product_id, quantity in quantities.items():

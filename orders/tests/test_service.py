@@ -265,6 +265,8 @@ def test_order_states(service):
         ({"customer_id": 1, "products": [{"id": 1, "quantity": -1}]}, "products"),
         ({"customer_id": 1, "products": [{"id": 1, "quantity": 1.5}]}, "products"),
         ({"customer_id": 1}, "products"),
+        ({"customer_id": 1, "products": [{"id": 1, "quantity": 2**31 - 1}, {"id": 1, "quantity": 1}]},
+         "products"),  # the merged line would not fit
     ],
 )
 def test_invalid_order_is_rejected_before_anything(service, clean_databases, payload, bad_field):

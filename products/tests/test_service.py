@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from common.errors import GatewayTimeout, ValidationError
 from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
-from products.exceptions import InsufficientStock, ProductNotFound
+from products.exceptions import InsufficientStock, OrderTotalTooLarge, ProductNotFound
 from products.service import ProductsService
 
 
@@ -29,7 +29,7 @@ def make(service, stock, price="2.50", name="thing"):
     return service.create_product({"name": name, "price": price, "stock": stock})["id"]
 
 
-@pytest.mark.parametrize("price, stored", [("3.5", "3.50"), (3.5, "3.50"), (0.1, "0.10"), ("0", "0.00")])
+@pytest.mark.parametrize("price, stored", [("3.5", "3.50"), (3.5, "3.50"), (0.1, "0.10"), ("0", "0.00"), ("-0", "0.00"), (-0.0, "0.00")])
 def test_price_accepts_string_or_number_and_returns_a_two_decimal_string(service, price, stored):
     product = service.create_product({"name": "ruler", "price": price, "stock": 35})
     assert product["price"] == stored
@@ -125,6 +125,16 @@ def test_unknown_product_names_every_missing_id_and_changes_nothing(service, sto
     assert stock_of(a) == 10
 
 
+def test_a_total_too_large_for_an_order_is_refused_and_changes_nothing(service, stock_of):
+    a = make(service, 1000, "9999999999.99")
+    assert service.reserve_stock("ref-1", [{"id": a, "quantity": 100}])["status"] == "reserved"
+    with pytest.raises(OrderTotalTooLarge) as raised:  # 101 x 9999999999.99 > NUMERIC(14, 2)
+        service.reserve_stock("ref-2", [{"id": a, "quantity": 101}])
+    assert raised.value.status == 422
+    assert stock_of(a) == 900
+    assert service.get_reservation("ref-2") is None
+
+
 @pytest.mark.parametrize(
     "order_ref, items",
     [
@@ -134,6 +144,7 @@ def test_unknown_product_names_every_missing_id_and_changes_nothing(service, sto
         ("ref", [{"id": 1}]),
         ("ref", [{"id": "1", "quantity": 1}]),
         ("ref", "not a list"),
+        ("ref", [{"id": 1, "quantity": 2**31 - 1}, {"id": 1, "quantity": 1}]),
     ],
 )
 def test_malformed_reservation_is_rejected(service, order_ref, items):
