@@ -18,13 +18,14 @@ eventlet.monkey_patch()
 import os  # noqa: E402
 
 import pytest  # noqa: E402
-from nameko_sqlalchemy.database import DatabaseWrapper, Session  # noqa: E402
+from nameko_sqlalchemy.database import Session  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from common import admin  # noqa: E402
 from common.config import load_config  # noqa: E402
+from common.db import ShopDatabaseWrapper  # noqa: E402
 
 # Per test session, so two runs at once (a developer's and CI's) never share tables.
 TEST_DB_SUFFIX = f"_test_{os.getpid()}"
@@ -90,7 +91,8 @@ def db_wrapper(clean_databases):
     wrappers = []
 
     def make(service):
-        wrapper = DatabaseWrapper(sessionmaker(bind=clean_databases[service], class_=Session))
+        engine = clean_databases[service]
+        wrapper = ShopDatabaseWrapper(sessionmaker(bind=engine, class_=Session), engine)
         wrappers.append(wrapper)
         return wrapper
 

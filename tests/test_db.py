@@ -1,0 +1,46 @@
+"""common.db against the real PostgreSQL: what replaced pool_pre_ping."""
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from common.db import ping_when_idle
+
+BACKEND_PID = text("SELECT pg_backend_pid()")
+
+
+@pytest.fixture
+def engine(databases):
+    engine = create_engine(databases["products"], pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+def pooled_connection_killed(engine, db_engines):
+    """Use the pool's one connection, give it back, then end its backend from elsewhere
+    (what a PostgreSQL restart does to every idle connection). Returns its backend pid."""
+    with engine.connect() as connection:
+        pid = connection.scalar(BACKEND_PID)
+    with db_engines["products"].connect() as other:
+        assert other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return pid
+
+
+def test_an_idle_connection_that_died_is_replaced_before_use(engine, db_engines):
+    ping_when_idle(engine, idle_seconds=0.2)
+    dead_pid = pooled_connection_killed(engine, db_engines)
+    time.sleep(0.3)
+    with engine.connect() as connection:
+        assert connection.scalar(BACKEND_PID) != dead_pid
+
+
+def test_a_connection_used_moments_ago_is_not_pinged(engine, db_engines):
+    """The round trip saved on a busy pool: a dead connection reused within the idle
+    window reaches the worker, which answers 503 (database_errors_as_unavailable)."""
+    ping_when_idle(engine, idle_seconds=60)
+    pooled_connection_killed(engine, db_engines)
+    with pytest.raises(OperationalError), engine.connect() as connection:
+        connection.scalar(BACKEND_PID)
+    with engine.connect() as connection:  # the pool replaced it after the failure
+        assert connection.scalar(text("SELECT 1")) == 1
