@@ -224,11 +224,21 @@ def long_lived(snapshot):
     for pid, (component, _, comm, ppid) in pids.items():
         if component in ("gateway", "customers", "products", "orders"):
             found[pid] = component
-        elif comm == "beam.smp":
+        elif comm == "beam.smp" and is_rabbitmq_server(pid):
             found[pid] = "RabbitMQ"
         elif component == "postgres" and not pids.get(ppid, ("", 0, ""))[2].startswith("postgres"):
             found[pid] = "PostgreSQL"
     return found
+
+
+def is_rabbitmq_server(pid):
+    """The broker's VM, not a short-lived CLI VM (rabbitmqctl, rabbitmq-plugins: `make
+    seed` checks the backing services) whose exit is no restart."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"rabbit\x00boot" in f.read()
+    except OSError:
+        return False
 
 
 def restarts(before, after):
