@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -57,6 +57,16 @@ bench:  ## load benchmark of the running stack (`make up` first): BENCH_DURATION
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
 	@bash bench/ensure-wrk.sh
 	@$(BIN)/python bench/run.py
+
+bench-scaling:  ## bench with 1, 2 and 4 products/orders processes (restarts the stack): BENCH_SCALING=1,2,4
+	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
+	@bash bench/ensure-wrk.sh
+	@$(BIN)/python bench/scaling.py
+
+profile:  ## py-spy profiles of every stack process under one scenario: PROFILE_SCENARIO=orders
+	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
+	@bash bench/ensure-wrk.sh
+	@$(BIN)/python bench/profile.py
 
 shell: build  ## interactive RPC: n.rpc.products.get_product(1)
 	$(BIN)/nameko shell --config config.yml
