@@ -106,14 +106,19 @@ def test_a_fenced_order_fails(service, clean_databases):
     assert [row.status for row in orders_in_db(clean_databases)] == ["failed"]
 
 
-def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_databases, monkeypatch):
+def commit_fails_with(service, monkeypatch, error):
+    """Every commit of the worker's session raises ``error`` (after the reservation)."""
     session = service.db.get_session()
     monkeypatch.setattr(service.db, "get_session", lambda: session)
 
     def broken_commit():
-        raise OperationalError("COMMIT", {}, Exception("connection lost"))
+        raise error
 
     monkeypatch.setattr(session, "commit", broken_commit)
+
+
+def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_databases, monkeypatch):
+    commit_fails_with(service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost")))
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
     order_ref = service.products.reserve_stock.call_args.args[0]
@@ -122,13 +127,7 @@ def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_
 
 
 def test_an_integrity_error_after_the_reservation_releases_it(service, clean_databases, monkeypatch):
-    session = service.db.get_session()
-    monkeypatch.setattr(service.db, "get_session", lambda: session)
-
-    def broken_commit():
-        raise IntegrityError("COMMIT", {}, Exception("a constraint"))
-
-    monkeypatch.setattr(session, "commit", broken_commit)
+    commit_fails_with(service, monkeypatch, IntegrityError("COMMIT", {}, Exception("a constraint")))
     with pytest.raises(IntegrityError):
         service.create_order(ORDER, "key-1")
     service.products.release_stock.assert_called_once_with(
@@ -139,10 +138,7 @@ def test_an_integrity_error_after_the_reservation_releases_it(service, clean_dat
 
 
 def test_a_failed_release_does_not_hide_the_original_error(service, monkeypatch):
-    session = service.db.get_session()
-    monkeypatch.setattr(service.db, "get_session", lambda: session)
-    monkeypatch.setattr(session, "commit", lambda: (_ for _ in ()).throw(
-        OperationalError("COMMIT", {}, Exception("connection lost"))))
+    commit_fails_with(service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost")))
     service.products.release_stock.side_effect = GatewayTimeout("slow")
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
