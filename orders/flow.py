@@ -17,6 +17,7 @@ Safety of each step when repeated:
 from decimal import Decimal
 
 from nameko.exceptions import registry
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.errors import NotFound, ServiceUnavailable, ShopError, ValidationError
 from orders.exceptions import OrderFailed
@@ -53,6 +54,8 @@ def advance(order, check_customer, products):
     Ends ``confirmed``, ``rejected`` (definite refusal, stored in ``failure``), ``failed``
     (the order had been fenced) or still ``pending`` (an answer was missing: the error is
     stored in ``failure``). Returns True if this call saw stock reserved for the order.
+    Raises what the order's own database raises (its transaction is lost, the caller rolls
+    back): only the answers of other services are stored as the order's outcome.
     """
     try:
         check_customer(order.customer_id)
@@ -60,6 +63,8 @@ def advance(order, check_customer, products):
     except DEFINITE_REFUSALS as exc:
         order.status, order.failure = OrderStatus.REJECTED, error_record(exc)
         return False
+    except SQLAlchemyError:
+        raise  # the order's own database failed (the local customer check): nothing to store
     except Exception as exc:  # noqa: BLE001 - any other answer leaves the outcome unknown
         order.failure = error_record(exc)
         return False

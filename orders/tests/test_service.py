@@ -144,6 +144,29 @@ def test_a_failed_release_does_not_hide_the_original_error(service, monkeypatch)
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
 
 
+def test_losing_the_database_mid_order_is_503_and_reserves_nothing(service, clean_databases, monkeypatch):
+    """PostgreSQL drops the order's connection after its INSERT (as a restart does) and the
+    customer check fails on it: the order's own database failed, a retryable 503 with
+    nothing stored, not an unknown outcome to store on a connection that is gone (that was
+    a PendingRollbackError, a 500, found by the PostgreSQL-restart fault test)."""
+    session = service.db.get_session()
+    monkeypatch.setattr(service.db, "get_session", lambda: session)
+    check_customer = service._check_customer
+
+    def check_after_disconnect(same_session, customer_id):
+        backend = same_session.scalar(text("SELECT pg_backend_pid()"))
+        with clean_databases["orders"].connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        return check_customer(same_session, customer_id)
+
+    monkeypatch.setattr(service, "_check_customer", check_after_disconnect)
+    with pytest.raises(ServiceUnavailable) as raised:
+        service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
+    assert raised.value.details["reason"] == "database"
+    service.products.reserve_stock.assert_not_called()
+    assert orders_in_db(clean_databases) == []
+
+
 def test_same_key_same_order(service, clean_databases):
     first = service.create_order(ORDER, "key-1")
     assert service.create_order(ORDER, "key-1") == first
