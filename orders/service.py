@@ -84,7 +84,12 @@ class OrdersService(shop.ShopService):
 
     def _place(self, key, request, customer_id, requested):
         """Insert (or find by key) and advance the order in one committed transaction.
-        Returns ``(order dumped, the error to answer with or None)``."""
+        Returns ``(order dumped, the error to answer with or None)``.
+
+        With a key the row is inserted first: that claims the key, so a twin in flight
+        waits on it and a retry finds it before any stock is held. Without one, the row
+        is inserted once, in its final state, after the reservation (one INSERT instead
+        of INSERT + UPDATE; uncommitted, it was invisible to everyone until then anyway)."""
         for replay in (False, True):
             session = self.db.get_session()
             reserved = False
@@ -99,14 +104,17 @@ class OrdersService(shop.ShopService):
                         order_ref=uuid.uuid4().hex, customer_id=customer_id,
                         status=OrderStatus.PENDING, requested=requested,
                         idempotency_key=key, request_fingerprint=request,
+                        lines=[],  # known empty: confirming it loads nothing
                     )
-                    session.add(order)
-                    session.flush()  # the key was used before: IntegrityError, replay
+                    if key is not None:
+                        session.add(order)
+                        session.flush()  # the key was used before: IntegrityError, replay
                 if order.status == OrderStatus.PENDING:
                     reserved = flow.advance(
                         order, partial(self._check_customer, session), self.products
                     )
-                    session.flush()
+                session.add(order)
+                session.flush()
                 result = order_schema.dump(order), flow.outcome_error(order)
                 session.commit()
                 return result
