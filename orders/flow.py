@@ -1,7 +1,7 @@
 """The order saga: how an order moves through its lifecycle.
 
-Every function here works on an :class:`Order` that the caller has locked (or just
-inserted, or will insert) in an open transaction, and that the caller commits afterwards. Holding the row
+Every function here works on an :class:`Order` row that the caller has locked (or just
+inserted) in an open transaction, and that the caller commits afterwards. Holding the row
 lock across the RPCs serializes everything that may move one order (the first attempt, a
 client retry with the same Idempotency-Key, the recovery job, a cancel), so two of them
 can never decide differently.

@@ -86,10 +86,9 @@ class OrdersService(shop.ShopService):
         """Insert (or find by key) and advance the order in one committed transaction.
         Returns ``(order dumped, the error to answer with or None)``.
 
-        With a key the row is inserted first: that claims the key, so a twin in flight
-        waits on it and a retry finds it before any stock is held. Without one, the row
-        is inserted once, in its final state, after the reservation (one INSERT instead
-        of INSERT + UPDATE; uncommitted, it was invisible to everyone until then anyway)."""
+        The row is inserted before anything else: that claims the key, so a twin in
+        flight waits on it and a retry finds it before any stock is held. (The gateway
+        gives every HTTP request a key, so this is the path of every order.)"""
         for replay in (False, True):
             session = self.db.get_session()
             reserved = False
@@ -106,15 +105,13 @@ class OrdersService(shop.ShopService):
                         idempotency_key=key, request_fingerprint=request,
                         lines=[],  # known empty: confirming it loads nothing
                     )
-                    if key is not None:
-                        session.add(order)
-                        session.flush()  # the key was used before: IntegrityError, replay
+                    session.add(order)
+                    session.flush()  # the key was used before: IntegrityError, replay
                 if order.status == OrderStatus.PENDING:
                     reserved = flow.advance(
                         order, partial(self._check_customer, session), self.products
                     )
-                session.add(order)
-                session.flush()
+                    session.flush()
                 result = order_schema.dump(order), flow.outcome_error(order)
                 session.commit()
                 return result
