@@ -11,8 +11,8 @@ overridable in config.yml under ``DB_ENGINE_OPTIONS``:
 * ``pool_size`` equal to the container's ``max_workers`` (a worker uses one connection at
   most), so a process never holds more: PostgreSQL's default ``max_connections`` of 100
   fits `make up` and the test suite's stacks at once;
-* ``executemany_mode="values_plus_batch"``: a multi-row UPDATE flushed by the ORM (the
-  stock decrements of an order's lines) is one round trip, not one per row;
+* ``executemany_mode="values_plus_batch"``: a multi-row UPDATE flushed by the ORM (a
+  release giving back each line's stock) is one round trip, not one per row;
 * ``lock_timeout`` / ``statement_timeout`` (``DB_LOCK_TIMEOUT_MS``, ``DB_STATEMENT_TIMEOUT_MS``):
   a worker waiting on a row lock gives up instead of waiting forever;
 * ``idle_in_transaction_session_timeout`` (``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``): a
@@ -46,7 +46,7 @@ def engine_options(config):
         "pool_pre_ping": False,
         "pool_size": int(config.get("max_workers", 10)),
         "max_overflow": 0,  # a worker holds one connection at most: never more than max_workers
-        # The ORM's multi-row UPDATEs (an order's stock decrements) in one round trip
+        # The ORM's multi-row UPDATEs (a release's stock increments) in one round trip
         # (psycopg2's execute_batch), not one per row. Their rowcount is then unknown;
         # nothing here reads it (no version counter).
         "executemany_mode": "values_plus_batch",

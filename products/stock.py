@@ -30,15 +30,29 @@ from products.models import HoldStatus, OrderHold, Product, Reservation
 MAX_ORDER_TOTAL = Decimal("999999999999.99")
 
 
-def lock_products(session, product_ids):
-    """``{id: Product}`` for ``product_ids``, each row locked FOR UPDATE, in id order."""
-    rows = session.scalars(
-        select(Product)
+def locking(product_ids, *columns):
+    """``SELECT columns`` of the products ``product_ids`` ``FOR UPDATE``, in id order: the
+    one place the lock order of the module docstring is written."""
+    return (
+        select(*columns)
         .where(Product.id.in_(sorted(set(product_ids))))
         .order_by(Product.id)
         .with_for_update()
     )
-    return {product.id: product for product in rows}
+
+
+def lock_products(session, product_ids):
+    """``{id: Product}`` for ``product_ids``, each row locked FOR UPDATE, in id order."""
+    return {product.id: product for product in session.scalars(locking(product_ids, Product))}
+
+
+def lock_stock_rows(session, product_ids):
+    """:func:`lock_products` as plain rows (id, name, price, stock): the reservation only
+    reads them, and skipping the ORM objects saves most of the Python around the lock."""
+    rows = session.execute(
+        locking(product_ids, Product.id, Product.name, Product.price, Product.stock)
+    )
+    return {row.id: row for row in rows}
 
 
 def lock_hold(session, order_ref):
@@ -66,18 +80,6 @@ def wire_form(order_ref, status, lines, products):
             for line in lines
         ],
     }
-
-
-def lock_stock_rows(session, product_ids):
-    """:func:`lock_products` as plain rows (id, name, price, stock): the reservation only
-    reads them, and skipping the ORM objects saves most of the Python around the lock."""
-    rows = session.execute(
-        select(Product.id, Product.name, Product.price, Product.stock)
-        .where(Product.id.in_(sorted(set(product_ids))))
-        .order_by(Product.id)
-        .with_for_update()
-    )
-    return {row.id: row for row in rows}
 
 
 # The hold, its lines and the decrements in one round trip, after the locks and checks
