@@ -100,11 +100,21 @@ class ShopDatabaseWrapper(DatabaseWrapper):
     def reading(self):
         """A session for read-only work on an autocommit connection: each statement is
         its own transaction, so a read costs one round trip, not BEGIN + SELECT +
-        ROLLBACK. Not for anything that writes or needs one snapshot across statements."""
+        ROLLBACK. Not for anything that writes or needs one snapshot across statements.
+
+        psycopg2's ``autocommit`` is switched on the pooled connection and back, which
+        sends nothing. (SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` execution option
+        would restore the level with psycopg2's ``set_isolation_level``: one more round
+        trip per read, 14 % of the products process under product reads.)"""
         with self.engine.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            with Session(bind=connection) as session:
-                yield session
+            dbapi_connection = connection.connection.dbapi_connection
+            dbapi_connection.autocommit = True
+            try:
+                with Session(bind=connection) as session:
+                    yield session
+            finally:
+                if not dbapi_connection.closed:  # a dead one is discarded by the pool
+                    dbapi_connection.autocommit = False
 
 
 class Database(NamekoDatabase):

@@ -1,11 +1,13 @@
-"""common.db against the real PostgreSQL: what replaced pool_pre_ping."""
+"""common.db against the real PostgreSQL: what replaced pool_pre_ping, and reads on an
+autocommit connection."""
 import time
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
 
-from common.db import ping_when_idle
+from common.db import ShopDatabaseWrapper, ping_when_idle
 
 BACKEND_PID = text("SELECT pg_backend_pid()")
 
@@ -44,3 +46,15 @@ def test_a_connection_used_moments_ago_is_not_pinged(engine, db_engines):
         connection.scalar(BACKEND_PID)
     with engine.connect() as connection:  # the pool replaced it after the failure
         assert connection.scalar(text("SELECT 1")) == 1
+
+
+def test_reading_runs_each_statement_alone_and_gives_back_a_transactional_connection(engine):
+    wrapper = ShopDatabaseWrapper(sessionmaker(bind=engine), engine)
+    with wrapper.reading() as session:  # autocommit: each statement its own transaction
+        first, second = (session.scalar(text("SELECT now()")) for _ in "12")
+    assert first != second
+    with engine.connect() as connection:  # the pool's one connection, transactional again
+        assert connection.scalar(text("SELECT now()")) == connection.scalar(text("SELECT now()"))
+        connection.execute(text("CREATE TEMP TABLE t (x int)"))
+        connection.rollback()
+        assert connection.scalar(text("SELECT to_regclass('pg_temp.t')")) is None
