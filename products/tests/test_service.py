@@ -82,6 +82,7 @@ def test_reserve_decrements_every_line_and_returns_unit_prices(service, stock_of
         ],
     }
     assert (stock_of(a), stock_of(b)) == (7, 3)
+    assert service.get_reservation("ref-1") == reservation  # what was stored, reloaded
 
 
 def test_duplicate_lines_add_up(service, stock_of):
