@@ -101,12 +101,14 @@ class ShopDatabaseWrapper(DatabaseWrapper):
         """A session for read-only work on an autocommit connection: each statement is
         its own transaction, so a read costs one round trip, not BEGIN + SELECT +
         ROLLBACK. Not for anything that writes or needs one snapshot across statements.
+        PostgreSQL unreachable or busy, inside the block too, raises ServiceUnavailable
+        (:func:`database_errors_as_unavailable`).
 
         psycopg2's ``autocommit`` is switched on the pooled connection and back, which
         sends nothing. (SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` execution option
         would restore the level with psycopg2's ``set_isolation_level``: one more round
         trip per read, 14 % of the products process under product reads.)"""
-        with self.engine.connect() as connection:
+        with database_errors_as_unavailable(), self.engine.connect() as connection:
             dbapi_connection = connection.connection.dbapi_connection
             dbapi_connection.autocommit = True
             try:

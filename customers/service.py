@@ -77,7 +77,7 @@ class CustomersService(shop.ShopService):
         """The customer with ``customer_id``; raises CustomerNotFound (404). Read-only."""
         if not is_valid_id(customer_id):
             raise CustomerNotFound.for_id(customer_id)
-        with database_errors_as_unavailable(), self.db.reading() as session:
+        with self.db.reading() as session:
             customer = session.get(Customer, customer_id)
             if customer is None:
                 raise CustomerNotFound.for_id(customer_id)
@@ -91,6 +91,6 @@ class CustomersService(shop.ShopService):
         last id of the previous page. Raises ValidationError (422). Read-only.
         """
         limit, after = page_params(self.config, limit, after)
-        with database_errors_as_unavailable(), self.db.reading() as session:
+        with self.db.reading() as session:
             rows, next_after = keyset_page(session, Customer, limit, after)
             return {"items": customer_schema.dump(rows, many=True), "next_after": next_after}

@@ -131,7 +131,7 @@ class OrdersService(shop.ShopService):
     def get_order(self, order_id):
         """The order with ``order_id``, its status and lines (``failure`` says why it is not
         confirmed). Raises OrderNotFound (404). Read-only."""
-        with database_errors_as_unavailable(), self.db.reading() as session:
+        with self.db.reading() as session:
             return order_schema.dump(self._get(session, order_id))
 
     @rpc

@@ -20,7 +20,6 @@ from common.timer import config_timer
 from products import stock
 from products.exceptions import ProductNotFound
 from products.models import Base, HoldStatus, OrderHold, Product
-
 from products.schemas import (
     CreateProductSchema, ProductSchema, ReservationSchema, ReserveStockSchema,
 )
@@ -74,7 +73,7 @@ class ProductsService(shop.ShopService):
         """The product with ``product_id``; raises ProductNotFound (404). Read-only."""
         if not is_valid_id(product_id):
             raise ProductNotFound.for_ids([product_id])
-        with database_errors_as_unavailable(), self.db.reading() as session:
+        with self.db.reading() as session:
             product = session.get(Product, product_id)
             if product is None:
                 raise ProductNotFound.for_ids([product_id])
@@ -88,7 +87,7 @@ class ProductsService(shop.ShopService):
         last id of the previous page. Raises ValidationError (422). Read-only.
         """
         limit, after = page_params(self.config, limit, after)
-        with database_errors_as_unavailable(), self.db.reading() as session:
+        with self.db.reading() as session:
             rows, next_after = keyset_page(session, Product, limit, after)
             return {"items": product_schema.dump(rows, many=True), "next_after": next_after}
 

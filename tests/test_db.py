@@ -8,6 +8,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from common.db import ShopDatabaseWrapper, ping_when_idle
+from common.errors import ServiceUnavailable
 
 BACKEND_PID = text("SELECT pg_backend_pid()")
 
@@ -58,3 +59,13 @@ def test_reading_runs_each_statement_alone_and_gives_back_a_transactional_connec
         connection.execute(text("CREATE TEMP TABLE t (x int)"))
         connection.rollback()
         assert connection.scalar(text("SELECT to_regclass('pg_temp.t')")) is None
+
+
+def test_reading_answers_503_when_its_connection_is_gone(engine, db_engines):
+    ping_when_idle(engine, idle_seconds=60)
+    pooled_connection_killed(engine, db_engines)
+    wrapper = ShopDatabaseWrapper(sessionmaker(bind=engine), engine)
+    with pytest.raises(ServiceUnavailable), wrapper.reading() as session:
+        session.scalar(BACKEND_PID)
+    with wrapper.reading() as session:  # the pool replaced it
+        assert session.scalar(text("SELECT 1")) == 1
