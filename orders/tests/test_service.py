@@ -149,8 +149,6 @@ def test_losing_the_database_mid_order_is_503_and_reserves_nothing(service, clea
     customer check fails on it: the order's own database failed, a retryable 503 with
     nothing stored, not an unknown outcome to store on a connection that is gone (that was
     a PendingRollbackError, a 500, found by the PostgreSQL-restart fault test)."""
-    session = service.db.get_session()
-    monkeypatch.setattr(service.db, "get_session", lambda: session)
     check_customer = service._check_customer
 
     def check_after_disconnect(same_session, customer_id):
