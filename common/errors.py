@@ -82,6 +82,12 @@ class Conflict(ShopError):
     description = "The request conflicts with the current state of the resource."
 
 
+class RequestTimeout(ShopError):
+    status = 408
+    error = "request_timeout"
+    description = "The request was not received in time."
+
+
 class PayloadTooLarge(ShopError):
     status = 413
     error = "payload_too_large"
@@ -92,6 +98,27 @@ class UnsupportedMediaType(ShopError):
     status = 415
     error = "unsupported_media_type"
     description = "The request body must be JSON."
+
+
+class UriTooLong(ShopError):
+    status = 414
+    error = "uri_too_long"
+    description = "The request line is too long."
+
+
+class HeadersTooLarge(ShopError):
+    status = 431
+    error = "headers_too_large"
+    description = "The request headers are too large or too many."
+
+
+class ClientClosedRequest(ShopError):
+    """The client closed its side of the connection before its request ran (nginx's 499):
+    the request is not executed; a client still reading gets this."""
+
+    status = 499
+    error = "client_closed_request"
+    description = "The client closed the connection before the request was executed."
 
 
 class ValidationError(ShopError):
@@ -124,8 +151,8 @@ _BY_STATUS = {
     cls.status: cls
     for cls in (
         BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
-        PayloadTooLarge, UnsupportedMediaType, ValidationError, ServiceUnavailable,
-        GatewayTimeout,
+        RequestTimeout, PayloadTooLarge, UriTooLong, UnsupportedMediaType, HeadersTooLarge,
+        ValidationError, ServiceUnavailable, GatewayTimeout,
     )
 }
 

@@ -22,6 +22,21 @@ RPC_TIMEOUTS_CONFIG_KEY = "RPC_TIMEOUTS"  # per target service, overrides RPC_TI
 DEFAULT_RPC_TIMEOUT = 10.0
 
 
+def call_bound(config, target_service):
+    """Seconds a call to ``target_service`` may take: ``RPC_TIMEOUTS[target_service]``,
+    else ``RPC_TIMEOUT``."""
+    return float(
+        (config.get(RPC_TIMEOUTS_CONFIG_KEY) or {}).get(target_service)
+        or config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)
+    )
+
+
+def longest_call_bound(config):
+    """The longest bound of any call made with ``config``, in seconds."""
+    per_service = [float(value) for value in (config.get(RPC_TIMEOUTS_CONFIG_KEY) or {}).values()]
+    return max([float(config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)), *per_service])
+
+
 def rpc(fn):
     """``@rpc`` whose ShopErrors are expected outcomes (not logged as crashes)."""
     return nameko_rpc(expected_exceptions=ShopError)(fn)
@@ -89,11 +104,8 @@ class BoundedRpcProxy(RpcProxy):
         super().__init__(target_service, **options)
 
     def get_dependency(self, worker_ctx):
-        config = self.container.config
         timeout = float(
-            self.timeout_override
-            or (config.get(RPC_TIMEOUTS_CONFIG_KEY) or {}).get(self.target_service)
-            or config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)
+            self.timeout_override or call_bound(self.container.config, self.target_service)
         )
         return BoundedServiceProxy(
             worker_ctx, self.target_service, self.rpc_reply_listener,

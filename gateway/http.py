@@ -12,13 +12,29 @@ every service in Nameko's context data. Write routes may require a bearer token
 (:mod:`gateway.auth`).
 
 The listening socket gets a configurable backlog (``WEB_LISTEN_BACKLOG``); eventlet's
-default of 50 resets connections in bursts.
+default of 50 resets connections in bursts. Connections are handled by
+:class:`gateway.protocol.JsonHttpProtocol` (JSON errors for malformed heads, idle and
+read timeouts of ``HTTP_IDLE_TIMEOUT`` seconds).
+
+``@unpooled_http`` routes (``GET /health``) run in the connection's own green thread, not
+in a worker: a gateway whose workers are all busy (or stuck) still answers its liveness
+probe.
+
+**Drain on stop.** When the container stops (SIGTERM from supervisord or Kubernetes) the
+server stops accepting connections at once; each request in flight is answered, and so is
+the next request on each open connection, with ``Connection: close``; an idle connection
+is closed. The stop then waits for the workers as Nameko always does. The drain lasts at
+most the longest call bound (``RPC_TIMEOUTS``/``RPC_TIMEOUT``) + 1 s.
 """
 import json
 import re
+import socket
+import time
 import uuid
 
 import eventlet
+from eventlet.event import Event
+from eventlet.wsgi import STATE_IDLE, STATE_REQUEST
 from nameko.exceptions import RemoteError
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
@@ -26,16 +42,21 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from common.errors import (
-    BadRequest, InternalError, PayloadTooLarge, ShopError, UnsupportedMediaType,
-    from_http_status,
+    BadRequest, ClientClosedRequest, InternalError, PayloadTooLarge, RequestTimeout, ShopError,
+    UnsupportedMediaType, from_http_status,
 )
 from common.logs import REQUEST_ID_KEY
+from common.rpc import longest_call_bound
 from gateway.auth import authorize, configured_tokens
+from gateway.protocol import (
+    CLIENT_SOCKET_KEY, CLOSE_AFTER_RESPONSE_KEY, JsonHttpProtocol, client_is_gone, peek,
+)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 DEFAULT_LISTEN_BACKLOG = 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_IDLE_TIMEOUT = 10.0
 
 
 def json_response(body, status=200, headers=None):
@@ -86,7 +107,12 @@ def read_json(request, max_bytes):
         raise PayloadTooLarge(
             f"the body may not exceed {max_bytes} bytes", {"max_bytes": max_bytes}
         )
-    raw = request.stream.read(max_bytes + 1)
+    try:
+        raw = request.stream.read(max_bytes + 1)
+    except (TimeoutError, HTTPException) as exc:  # werkzeug's ClientDisconnected wraps both
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+            raise RequestTimeout("the request body was not received in time") from None
+        raise BadRequest("the request body is shorter than its Content-Length") from None
     if len(raw) > max_bytes:
         raise PayloadTooLarge(
             f"the body may not exceed {max_bytes} bytes", {"max_bytes": max_bytes}
@@ -122,7 +148,14 @@ class JsonWsgiApp(WsgiApp):
         except HTTPException as exc:
             response = error_response(routing_error(exc, environ))
             response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+        return self._answer(response, environ, start_response)
+
+    def _answer(self, response, environ, start_response):
+        if self.server.draining and CLOSE_AFTER_RESPONSE_KEY in environ:
+            environ[CLOSE_AFTER_RESPONSE_KEY]()  # "Connection: close": the client moves on
         return response(environ, start_response)
+
+
 
 
 def routing_error(exc, environ):
@@ -138,8 +171,62 @@ def routing_error(exc, environ):
 
 
 class JsonWebServer(WebServer):
+    """Nameko's web server with JSON errors, a configurable backlog, bounded connections
+    (:mod:`gateway.protocol`) and a drain on stop (module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self.draining = False
+        self._drained = Event()
+        self._connections = {}  # id -> eventlet's [address, socket, state] of each open one
+
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=JsonHttpProtocol, debug=False):
+        server = super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
+        idle = float(self.container.config.get("HTTP_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT))
+        server.socket_timeout = idle  # every read and write on a connection
+        server.keepalive = idle  # the wait for the next request on an idle connection
+        return server
+
+    def process_request(self, sock, address):
+        """Serve one connection, tracked so that a drain knows what is in flight."""
+        connection = [address, sock, STATE_IDLE]
+        self._connections[id(connection)] = connection
+        try:
+            self._serv.process_request(connection)
+        except OSError:
+            pass  # the client went away mid-request: nothing to answer
+        finally:
+            self._connections.pop(id(connection), None)
+
+    def drain(self):
+        """Stop accepting, answer what is in flight, close idle connections; returns when
+        done, at the latest after the longest call bound + 1 s. Idempotent: every caller
+        waits for the same drain."""
+        if self.draining:
+            self._drained.wait()
+            return
+        self.draining = True
+        self._is_accepting = False
+        if self._gt is not None:
+            self._gt.kill()
+        if self._sock is not None:
+            self._sock.close()  # new connections are refused: clients go to another gateway
+        deadline = time.monotonic() + longest_call_bound(self.container.config) + 1
+        while self._busy_connections() and time.monotonic() < deadline:
+            eventlet.sleep(0.05)
+        for _, sock, _ in list(self._connections.values()):
+            with_shutdown(sock)
+        self._drained.send(True)
+
+    def _busy_connections(self):
+        """Connections with a request being served, or one sent and not yet read."""
+        return [
+            connection for connection in self._connections.values()
+            if connection[2] == STATE_REQUEST or _has_pending_data(connection[1])
+        ]
 
     def make_url_map(self):
         """Nameko's map, without werkzeug's redirects: a path with ``//`` in it is a 404
@@ -151,6 +238,10 @@ class JsonWebServer(WebServer):
     def context_data_from_headers(self, request):
         """The request id travels to every service in Nameko's context data."""
         return {REQUEST_ID_KEY: request_id_of(request)}
+
+    def stop(self):
+        self.drain()
+        super().stop()
 
     def start(self):
         if not self._starting:
@@ -175,6 +266,8 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         super().__init__(method, url, **kwargs)
 
     def handle_request(self, request):
+        if client_is_gone(request.environ.get(CLIENT_SOCKET_KEY)):
+            return error_response(ClientClosedRequest())  # skip the work: nobody waits
         try:
             authorize(request, configured_tokens(self.container.config))
         except ShopError as exc:
@@ -184,9 +277,43 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         response.headers[REQUEST_ID_HEADER] = request_id_of(request)
         return response
 
+    def stop(self):
+        """Drain the server before this route stops (see the module docstring)."""
+        self.server.drain()
+        super().stop()
+
     def response_from_exception(self, exc):
         # Unexpected exceptions were already logged, with traceback, by nameko's container.
         return error_response(exc)
 
 
+def _has_pending_data(sock):
+    return bool(peek(sock))
+
+
+def with_shutdown(sock):
+    """Close both directions of ``sock`` (its reader greenthread then ends)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class UnpooledHttpEntrypoint(JsonHttpEntrypoint):
+    """``@unpooled_http``: a route answered without a worker. Its method is called on the
+    service class with ``self=None``, in the green thread of the connection, so no
+    exhausted worker pool can delay it; it may therefore use no dependency (a liveness
+    probe: ``GET /health``)."""
+
+    def handle_request(self, request):
+        method = getattr(self.container.service_cls, self.method_name)
+        try:
+            response = method(None, request)
+        except Exception as exc:  # noqa: BLE001 - answered as JSON like any route
+            response = error_response(exc)
+        response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+        return response
+
+
 http = JsonHttpEntrypoint.decorator
+unpooled_http = UnpooledHttpEntrypoint.decorator

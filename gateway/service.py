@@ -19,7 +19,9 @@ from common.logs import WorkerLog
 from common.rpc import BoundedRpcProxy
 from gateway import openapi
 from gateway.dependencies import ReadinessProbes, rabbitmq_status
-from gateway.http import DEFAULT_MAX_BODY_BYTES, http, json_response, read_json
+from gateway.http import (
+    DEFAULT_MAX_BODY_BYTES, http, json_response, read_json, unpooled_http,
+)
 
 
 class GatewayService:
@@ -32,9 +34,10 @@ class GatewayService:
     worker_log = WorkerLog()
     probes = ReadinessProbes(("customers", "products", "orders"))
 
-    @http("GET", "/health")
+    @unpooled_http("GET", "/health")
     def health(self, request):
-        """The gateway process is up (it does not call the services)."""
+        """The gateway process is up and serving HTTP. Answered without a worker (so no
+        busy or stuck worker delays it) and without calling anything."""
         return json_response({"status": "ok"})
 
     @http("GET", "/ready")

@@ -4,6 +4,12 @@ One program per service (``PROCESSES`` in config.yml gives the process count) an
 gateway program per address in ``GATEWAY_ADDRESSES``. supervisord restarts a process that
 dies, stops them with SIGTERM (Nameko lets in-flight workers finish) and keeps each
 process's log under ``.run/logs``.
+
+Stop order (supervisord stops one group at a time, highest ``priority`` first, and
+starts in the reverse order): the gateways first, all together (one group), each
+draining its connections (gateway/http.py); then orders, which calls the others; then
+products and customers. A drained gateway takes at most its longest call bound + 1 s, so
+no process reaches ``stopwaitsecs`` (SIGKILL) under a normal load.
 """
 import os
 import sys
@@ -29,6 +35,7 @@ serverurl=unix://{run}/supervisor.sock
 
 PROGRAM = """
 [program:{name}]
+priority={priority}
 command={nameko} run --config {root}/config.yml {module}
 directory={root}
 process_name=%(program_name)s-%(process_num)d
@@ -39,13 +46,24 @@ autorestart=true
 startsecs=3
 startretries=20
 stopsignal=TERM
-stopwaitsecs=30
+stopwaitsecs={stopwaitsecs}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
 stdout_logfile={run}/logs/%(program_name)s-%(process_num)d.log
 stdout_logfile_maxbytes=20MB
 stdout_logfile_backups=2
+"""
+
+
+# Higher stops first: callers before the services they call.
+PRIORITY = {"gateways": 900, "orders": 800, "products": 700, "customers": 700}
+STOP_WAIT_SECONDS = 45  # above a gateway's drain (ORDERS_RPC_TIMEOUT 20 s + 1 s) with margin
+
+GATEWAY_GROUP = """
+[group:gateways]
+programs={programs}
+priority={priority}
 """
 
 
@@ -57,17 +75,24 @@ def render(config, run_dir):
         parts.append(
             PROGRAM.format(
                 name=service, module=f"{service}.service", processes=int(processes),
-                extra_env="", **common,
+                extra_env="", priority=PRIORITY.get(service, 700),
+                stopwaitsecs=STOP_WAIT_SECONDS, **common,
             )
         )
+    gateways = []
     for address in config["GATEWAY_ADDRESSES"]:
         port = str(address).rsplit(":", 1)[-1]
+        gateways.append(f"gateway-{port}")
         parts.append(
             PROGRAM.format(
                 name=f"gateway-{port}", module="gateway.service", processes=1,
-                extra_env=f',WEB_SERVER_ADDRESS="{address}"', **common,
+                extra_env=f',WEB_SERVER_ADDRESS="{address}"', priority=PRIORITY["gateways"],
+                stopwaitsecs=STOP_WAIT_SECONDS, **common,
             )
         )
+    if gateways:
+        parts.append(GATEWAY_GROUP.format(programs=",".join(gateways),
+                                          priority=PRIORITY["gateways"]))
     return "".join(parts)
 
 

@@ -95,7 +95,7 @@ class Stack:
         service, index = name.rsplit("-", 1)
         if service == "gateway":
             port = self.addresses[int(index)].rsplit(":", 1)[1]
-            return f"gateway-{port}:gateway-{port}-0"
+            return f"gateways:gateway-{port}-0"
         return f"{service}:{name}"
 
     def pid(self, name):

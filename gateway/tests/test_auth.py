@@ -3,8 +3,6 @@ import pytest
 import requests
 
 from gateway.auth import configured_tokens
-from gateway.service import GatewayService
-from tests.harness import free_port
 
 
 @pytest.mark.parametrize(
@@ -17,13 +15,8 @@ def test_configured_tokens(setting, tokens):
 
 
 @pytest.fixture
-def gateway_url(container_factory, rabbit_config, base_config):
-    address = f"127.0.0.1:{free_port()}"
-    config = {**base_config, **rabbit_config, "WEB_SERVER_ADDRESS": address,
-              "API_TOKENS": "s3cret,other", "RPC_TIMEOUT": 1}
-    config.pop("LOGGING", None)
-    container_factory(GatewayService, config).start()
-    return f"http://{address}"
+def gateway_url(start_gateway):
+    return start_gateway(API_TOKENS="s3cret,other", RPC_TIMEOUT=1)
 
 
 def post(url, **headers):

@@ -18,7 +18,8 @@ PROCESSES = {"customers": 1, "products": 2, "orders": 2}
 FAST_RECOVERY = {
     "RPC_TIMEOUT": 2,
     "ORDERS_RPC_TIMEOUT": 8,
-    "DB_LOCK_TIMEOUT_MS": 2000,
+    "DB_LOCK_TIMEOUT_MS": 1000,  # the bounds nest as in config.yml: lock < statement < RPC
+    "DB_STATEMENT_TIMEOUT_MS": 1500,
     "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": 5000,
     "RECOVERY_INTERVAL": 1,
     "RECOVERY_AGE": 3,
