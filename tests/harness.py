@@ -142,10 +142,11 @@ class Stack:
             return
         self.ctl("shutdown")
         try:
-            self.supervisord.wait(timeout=60)
+            self.supervisord.wait(timeout=90)
         except subprocess.TimeoutExpired:
             self.supervisord.kill()
             self.supervisord.wait()
+        self.supervisord = None
 
 
 def _alive(pid):

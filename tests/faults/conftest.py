@@ -8,6 +8,7 @@ import time
 import eventlet
 import pytest
 import requests
+import urllib3
 from sqlalchemy import text
 
 from tests.harness import Stack, books_balance, rabbit_vhost, stack_env
@@ -64,6 +65,7 @@ class OrderLoad:
         }
         self.answers = {}  # key -> (status or None, body or None, seconds)
         self.statuses_seen = set()  # over every attempt, retries included
+        self.connection_failures = []  # "refused", "timeout" or "aborted", per failed attempt
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency * 2))
         self._round_robin = itertools.cycle(urls)
@@ -76,7 +78,10 @@ class OrderLoad:
             response = self.http.post(f"{url}/api/orders", json=self.bodies[key],
                                       headers={"Idempotency-Key": key}, timeout=20)
             answer = (response.status_code, response.json())
-        except (requests.RequestException, ValueError):
+        except requests.RequestException as exc:
+            answer = (None, None)
+            self.connection_failures.append(connection_failure_kind(exc))
+        except ValueError:  # not JSON
             answer = (None, None)
         self.answers[key] = (*answer, time.monotonic() - started)
         self.statuses_seen.add(answer[0])
@@ -101,6 +106,19 @@ class OrderLoad:
             pool = eventlet.GreenPool(self.concurrency)
             list(pool.imap(self.send, self.indefinite()))
             time.sleep(1)
+
+
+def connection_failure_kind(exc):
+    """``"refused"`` (no server listening: the request was never sent), ``"timeout"`` (no
+    answer in time) or ``"aborted"`` (the connection broke with the request sent)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return "refused"
+    if isinstance(exc, requests.Timeout):
+        return "timeout"
+    reason = exc.args[0] if exc.args else None
+    if isinstance(getattr(reason, "reason", None), urllib3.exceptions.NewConnectionError):
+        return "refused"
+    return "aborted"
 
 
 @pytest.fixture
