@@ -9,12 +9,21 @@ into errors of the shared hierarchy:
 * no queue bound for the service (never started)  -> :class:`ServiceUnavailable` (503)
 * no reply within the deadline                    -> :class:`GatewayTimeout` (504)
 * the broker unreachable (publish fails)          -> :class:`ServiceUnavailable` (503)
+* the broker blocking publishers (memory or disk  -> :class:`ServiceUnavailable` (503,
+  alarm, :mod:`common.broker`): nothing is sent      ``details.reason: "broker_blocked"``)
+
+The deadline holds whatever the broker does: the publish runs in a green thread of its
+own, which the caller stops waiting for at the deadline. A publish caught by an alarm
+waits for the broker's confirm, and kombu's cleanup of its channel then waits too, for as
+long as the alarm lasts; that thread finishes by itself once the alarm clears (its
+message may then still be delivered: a 504 never says the call did not happen).
 """
 import eventlet
 from kombu.exceptions import OperationalError as KombuOperationalError
 from nameko.exceptions import UnknownService
 from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy, rpc as nameko_rpc
 
+from common.broker import BrokerWatch
 from common.errors import GatewayTimeout, ServiceUnavailable, ShopError
 
 RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
@@ -42,21 +51,36 @@ def rpc(fn):
     return nameko_rpc(expected_exceptions=ShopError)(fn)
 
 
+def broker_blocked_error(service_name, broker_watch):
+    return ServiceUnavailable(
+        f"the message broker is blocking publishers (resource alarm): cannot call {service_name}",
+        {"service": service_name, "reason": "broker_blocked",
+         **({"broker_reason": broker_watch.reason} if broker_watch.reason else {})},
+    )
+
+
 class BoundedMethodProxy(MethodProxy):
-    def __init__(self, *args, timeout, **options):
+    def __init__(self, *args, timeout, broker_watch=None, **options):
         self.timeout = timeout
+        self.broker_watch = broker_watch
         super().__init__(*args, **options)
 
     def __call__(self, *args, **kwargs):
+        if self.broker_watch is not None and self.broker_watch.blocked:
+            raise broker_blocked_error(self.service_name, self.broker_watch)
         deadline = eventlet.Timeout(self.timeout)
-        reply = None
+        publishing = None
         try:
-            reply = self._call(*args, **kwargs)
+            publishing = eventlet.spawn(self._call, *args, **kwargs)
+            reply = publishing.wait()
             return reply.result()
         except eventlet.Timeout as exc:
             if exc is not deadline:
                 raise
-            self._forget(reply)
+            if publishing is not None:  # forget the reply slot once the publish is over
+                publishing.link(self._forget_when_published)
+            if self.broker_watch is not None and self.broker_watch.blocked:
+                raise broker_blocked_error(self.service_name, self.broker_watch) from None
             raise GatewayTimeout(
                 f"{self.service_name}.{self.method_name} did not answer within "
                 f"{self.timeout:g}s",
@@ -75,9 +99,11 @@ class BoundedMethodProxy(MethodProxy):
         finally:
             deadline.cancel()
 
-    def _forget(self, reply):
+    def _forget_when_published(self, publishing):
         """Drop the reply slot of a timed-out call so late replies do not pile up."""
-        if reply is None:
+        try:
+            reply = publishing.wait()
+        except BaseException:  # noqa: BLE001 - nothing was registered to wait for
             return
         events = self.reply_listener._reply_events
         for correlation_id, event in list(events.items()):
@@ -92,12 +118,23 @@ class BoundedServiceProxy(ServiceProxy):
         )
 
 
+def broker_status(broker_watch):
+    """The ``rabbitmq`` entry of a readiness answer, from the process's own watch."""
+    if broker_watch.blocked:
+        return {"status": "service_unavailable", "reason": "broker_blocked",
+                **({"message": broker_watch.reason} if broker_watch.reason else {})}
+    return {"status": "ok"}
+
+
 class BoundedRpcProxy(RpcProxy):
     """Drop-in for ``RpcProxy`` whose calls never wait longer than ``timeout`` seconds.
 
     ``timeout`` defaults to ``RPC_TIMEOUTS[target_service]``, else ``RPC_TIMEOUT``, from
-    the container config.
+    the container config. Calls fail fast while the broker blocks publishers
+    (:class:`common.broker.BrokerWatch`, shared by every proxy of the container).
     """
+
+    broker_watch = BrokerWatch()
 
     def __init__(self, target_service, timeout=None, **options):
         self.timeout_override = timeout
@@ -109,5 +146,5 @@ class BoundedRpcProxy(RpcProxy):
         )
         return BoundedServiceProxy(
             worker_ctx, self.target_service, self.rpc_reply_listener,
-            timeout=timeout, **self.options
+            timeout=timeout, broker_watch=self.broker_watch, **self.options
         )

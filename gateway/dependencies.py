@@ -1,14 +1,47 @@
 """Dependencies of the gateway beyond the services' RPC proxies."""
-from nameko.rpc import RpcProxy
+from eventlet import GreenPool
 
-from common.rpc import BoundedServiceProxy
+from common.errors import ShopError
+from common.rpc import BoundedRpcProxy, BoundedServiceProxy, broker_status
 
 DEFAULT_READY_TIMEOUT = 2.0
 
 
-class ReadinessProbes(RpcProxy):
-    """``{service: proxy}`` whose calls are bounded by ``READY_TIMEOUT`` (short: a
-    readiness check must answer fast even when a service hangs)."""
+class Readiness:
+    """What a worker's ``self.readiness`` is: :meth:`check` runs every probe at once."""
+
+    def __init__(self, probes, broker_watch):
+        self.probes = probes  # {service: bounded proxy}
+        self.broker_watch = broker_watch
+
+    def check(self):
+        """``(ready, checks)``: ``checks`` maps ``rabbitmq`` and each service to
+        ``{"status": "ok" | error code, ...}``. Each service check is bounded by
+        ``READY_TIMEOUT`` and they run concurrently; while the broker blocks publishers
+        none is sent and every one fails at once (``reason: broker_blocked``)."""
+        checks = dict(GreenPool().imap(self._check, self.probes.items()))
+        ready = all(check["status"] == "ok" for check in checks.values())
+        rabbitmq = broker_status(self.broker_watch)
+        if rabbitmq["status"] == "ok" and any(
+            check.get("reason") == "broker" for check in checks.values()
+        ):  # a probe could not even publish
+            rabbitmq = {"status": "service_unavailable", "reason": "broker"}
+        return ready and rabbitmq["status"] == "ok", {"rabbitmq": rabbitmq, **checks}
+
+    @staticmethod
+    def _check(named_probe):
+        name, probe = named_probe
+        try:
+            return name, {"status": "ok", **probe.check_ready()}
+        except ShopError as exc:
+            reason = exc.details.get("reason")  # broker, broker_blocked, database, or none
+            return name, {"status": exc.error, "message": exc.message,
+                          **({"reason": reason} if reason else {})}
+
+
+class ReadinessProbes(BoundedRpcProxy):
+    """:class:`Readiness` over ``services``, whose calls are bounded by ``READY_TIMEOUT``
+    (short: a readiness check must answer fast even when a service hangs)."""
 
     def __init__(self, services):
         super().__init__(target_service=None)
@@ -16,15 +49,11 @@ class ReadinessProbes(RpcProxy):
 
     def get_dependency(self, worker_ctx):
         timeout = float(self.container.config.get("READY_TIMEOUT", DEFAULT_READY_TIMEOUT))
-        return {
+        probes = {
             service: BoundedServiceProxy(
-                worker_ctx, service, self.rpc_reply_listener, timeout=timeout
+                worker_ctx, service, self.rpc_reply_listener, timeout=timeout,
+                broker_watch=self.broker_watch,
             )
             for service in self.services
         }
-
-
-def rabbitmq_status(checks):
-    """RabbitMQ is reachable unless a probe could not even publish (``reason: broker``)."""
-    broker_down = any(check.get("reason") == "broker" for check in checks.values())
-    return {"status": "service_unavailable" if broker_down else "ok"}
+        return Readiness(probes, self.broker_watch)

@@ -81,3 +81,22 @@ def test_an_unreachable_broker_is_unavailable():
         proxy(0)
     assert raised.value.details == {"service": "slow", "reason": "broker"}
     assert time.monotonic() - started < 30
+
+
+def test_a_broker_blocking_publishers_is_unavailable_at_once_and_nothing_is_sent():
+    """While the process's BrokerWatch says the broker blocks publishers, a call publishes
+    nothing (the broker here does not even exist) and answers 503 broker_blocked."""
+    worker_ctx = Mock()
+    worker_ctx.container.config = {"AMQP_URI": "pyamqp://guest:guest@127.0.0.1:1/"}
+    worker_ctx.context_data = {}
+    listener = Mock(routing_key="reply", _reply_events={})
+    watch = Mock(blocked=True, reason="memory alarm")
+    proxy = BoundedMethodProxy(worker_ctx, "slow", "wait", listener, timeout=30,
+                               broker_watch=watch)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as raised:
+        proxy(0)
+    assert raised.value.details == {"service": "slow", "reason": "broker_blocked",
+                                    "broker_reason": "memory alarm"}
+    assert time.monotonic() - started < 0.1
+    assert listener._reply_events == {}

@@ -1,0 +1,103 @@
+"""Whether RabbitMQ is blocking publishers, known to the process within a fraction of a second.
+
+When RabbitMQ raises a memory or disk alarm it stops reading from every connection that
+publishes: a publish (Nameko waits for the broker's confirm) and then kombu's cleanup of
+the channel wait for as long as the alarm lasts. The broker says so with
+``connection.blocked`` / ``connection.unblocked``, but only to a connection that publishes,
+and only a connection that reads its socket hears it.
+
+:class:`BrokerWatch` (one per container, shared by every RPC proxy of it) keeps its own
+connection for that: it publishes a tiny transient message nobody receives every
+``PROBE_INTERVAL`` seconds (the default exchange, a routing key no queue has), reads the
+broker's notifications in between, and publishes nothing while blocked (the broker reads
+nothing then). :attr:`BrokerWatch.blocked` is what callers consult before publishing:
+:mod:`common.rpc` answers 503 ``service_unavailable`` with ``details.reason:
+"broker_blocked"`` instead of queueing work behind the alarm.
+
+The watch never delays its container: connecting is bounded, stopping closes the socket
+without a handshake, and a broken connection is replaced (with the URIs of
+``AMQP_URI``, ``;``-separated alternates included, through kombu).
+"""
+import logging
+import socket
+
+import eventlet
+from amqp import Message
+from kombu import Connection
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import SharedExtension
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 0.5  # seconds between probes, and so the longest a new alarm goes unnoticed
+PROBE_ROUTING_KEY = "shop.broker-watch.probe"  # bound to no queue: the broker drops it
+CONNECT_TIMEOUT = 2.0
+RECONNECT_DELAY = 1.0
+
+
+class BrokerWatch(SharedExtension):
+    """See the module docstring. ``blocked`` is False until the broker says otherwise,
+    and again as soon as the watch's connection is lost (a broker that restarted is not
+    blocking anyone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocked = False
+        self.reason = None
+        self._connection = None
+        self._thread = None
+
+    def start(self):
+        self._thread = self.container.spawn_managed_thread(self._watch)
+
+    def stop(self):
+        self._close()
+        if self._thread is not None:
+            self._thread.kill()
+
+    def kill(self):
+        self.stop()
+
+    def _on_blocked(self, reason=None):
+        if not self.blocked:
+            log.warning("RabbitMQ blocks publishers: %s", reason)
+        self.blocked, self.reason = True, reason
+
+    def _on_unblocked(self):
+        if self.blocked:
+            log.warning("RabbitMQ accepts publishers again")
+        self.blocked, self.reason = False, None
+
+    def _watch(self):
+        while True:
+            try:
+                self._probe_forever()
+            except Exception as exc:  # noqa: BLE001 - any broken connection: start again
+                log.debug("broker watch reconnecting: %s", exc)
+            self._close()
+            self._on_unblocked()
+            eventlet.sleep(RECONNECT_DELAY)
+
+    def _probe_forever(self):
+        self._connection = Connection(
+            self.container.config[AMQP_URI_CONFIG_KEY],
+            connect_timeout=CONNECT_TIMEOUT,
+            heartbeat=0,  # it reads every PROBE_INTERVAL: a dead socket shows up anyway
+            transport_options={"on_blocked": self._on_blocked,
+                               "on_unblocked": self._on_unblocked},
+        )
+        self._connection.ensure_connection(max_retries=1)
+        channel = self._connection.default_channel
+        probe = Message(b"", delivery_mode=1)
+        while True:
+            if not self.blocked:
+                channel.basic_publish(probe, exchange="", routing_key=PROBE_ROUTING_KEY)
+            try:
+                self._connection.drain_events(timeout=PROBE_INTERVAL)
+            except socket.timeout:
+                pass
+
+    def _close(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.collect()  # no closing handshake: the broker may not be reading
