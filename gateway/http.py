@@ -57,6 +57,8 @@ REQUEST_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 DEFAULT_LISTEN_BACKLOG = 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 10.0
+BODY_KEY = "shop.body"
+BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 def json_response(body, status=200, headers=None):
@@ -91,6 +93,10 @@ def request_id_of(request):
     return request.environ["shop.request_id"]
 
 
+def max_body_bytes(config):
+    return int(config.get("HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+
+
 def read_json(request, max_bytes):
     """The request body parsed as JSON.
 
@@ -103,6 +109,29 @@ def read_json(request, max_bytes):
             f"expected an application/json body, got {request.mimetype}",
             {"content_type": request.mimetype},
         )
+    raw = read_body(request, max_bytes)
+    if not raw.strip():
+        raise BadRequest("the request body is empty; a JSON object is expected")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest("the request body is not valid JSON", {"reason": str(exc)}) from None
+    except RecursionError:  # e.g. "[" * 30000: the parser gives up, not the server
+        raise BadRequest(
+            "the request body is nested too deeply", {"reason": "nesting too deep"}
+        ) from None
+
+
+def read_body(request, max_bytes):
+    """The raw request body, at most ``max_bytes``; read once and kept in the environ.
+
+    Raises PayloadTooLarge (413) above ``max_bytes`` (declared or sent), RequestTimeout
+    (408) when the client stops sending for ``HTTP_IDLE_TIMEOUT``, BadRequest (400) when
+    it closes before sending all it declared."""
+    if BODY_KEY in request.environ:
+        return request.environ[BODY_KEY]
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(
             f"the body may not exceed {max_bytes} bytes", {"max_bytes": max_bytes}
@@ -117,18 +146,8 @@ def read_json(request, max_bytes):
         raise PayloadTooLarge(
             f"the body may not exceed {max_bytes} bytes", {"max_bytes": max_bytes}
         )
-    if not raw.strip():
-        raise BadRequest("the request body is empty; a JSON object is expected")
-    try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise BadRequest("the request body is not valid UTF-8") from None
-    except ValueError as exc:
-        raise BadRequest("the request body is not valid JSON", {"reason": str(exc)}) from None
-    except RecursionError:  # e.g. "[" * 30000: the parser gives up, not the server
-        raise BadRequest(
-            "the request body is nested too deeply", {"reason": "nesting too deep"}
-        ) from None
+    request.environ[BODY_KEY] = raw
+    return raw
 
 
 def _reject_constant(name):
@@ -266,13 +285,18 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         super().__init__(method, url, **kwargs)
 
     def handle_request(self, request):
-        if client_is_gone(request.environ.get(CLIENT_SOCKET_KEY)):
-            return error_response(ClientClosedRequest())  # skip the work: nobody waits
+        """Authorize, receive the whole body, and only then take a worker: a client that
+        sends slowly holds its own connection, never a worker slot."""
         try:
             authorize(request, configured_tokens(self.container.config))
+            if request.method in BODY_METHODS:
+                request.shallow = False
+                read_body(request, max_body_bytes(self.container.config))
         except ShopError as exc:
             response = error_response(exc)
         else:
+            if client_is_gone(request.environ.get(CLIENT_SOCKET_KEY)):
+                return error_response(ClientClosedRequest())  # skip the work: nobody waits
             response = super().handle_request(request)
         response.headers[REQUEST_ID_HEADER] = request_id_of(request)
         return response

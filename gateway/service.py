@@ -18,7 +18,7 @@ from common.rpc import BoundedRpcProxy
 from gateway import openapi
 from gateway.dependencies import ReadinessProbes
 from gateway.http import (
-    DEFAULT_MAX_BODY_BYTES, http, json_response, read_json, unpooled_http,
+    http, json_response, max_body_bytes, read_json, unpooled_http,
 )
 
 
@@ -97,7 +97,7 @@ class GatewayService:
         return self._page(request, partial(self.orders.list_orders, customer_id))
 
     def _body(self, request):
-        return read_json(request, int(self.config.get("HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
+        return read_json(request, max_body_bytes(self.config))
 
     @staticmethod
     def _key(request):
