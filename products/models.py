@@ -40,7 +40,7 @@ class Product(Base):
 
 class HoldStatus:
     RESERVED = "reserved"    # stock taken, order not known to be confirmed yet
-    CONFIRMED = "confirmed"  # the orders service confirmed the order (reconciler)
+    CONFIRMED = "confirmed"  # the orders service confirmed the order (products.reconcile)
     RELEASED = "released"    # stock given back, or a fence: nothing may be reserved
 
 
@@ -59,6 +59,8 @@ class OrderHold(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # Last change; for a ``reserved`` hold, when the reconciler last checked it (equal to
+    # created_at until then): it is not checked again for HOLD_CONFIRM_AGE.
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

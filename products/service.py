@@ -3,31 +3,28 @@
 Prices travel as strings with two decimals (``"3.50"``), never floats.
 """
 import logging
-from datetime import timedelta
+from functools import partial
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 # Imported as a module: `nameko run` would take a class in this namespace for a service.
 from common import service as shop
 from common.db import Database, database_errors_as_unavailable, is_valid_id
-from common.errors import ShopError
 from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
+from common.ticks import retried_at_next_tick
 from common.timer import config_timer
-from products import stock
+from products import reconcile, stock
 from products.exceptions import ProductNotFound
-from products.models import Base, HoldStatus, OrderHold, Product
+from products.models import Base, OrderHold, Product
 from products.schemas import (
     CreateProductSchema, ProductSchema, ReservationSchema, ReserveStockSchema,
 )
 
 log = logging.getLogger(__name__)
-
-# Order states (from orders.order_states) whose stock must be given back.
-ORDER_STATES_WITHOUT_STOCK = {None, "rejected", "failed", "cancelled"}
 
 product_schema = ProductSchema()
 reservation_schema = ReservationSchema()
@@ -141,40 +138,21 @@ class ProductsService(shop.ShopService):
             return reservation_schema.dump(stock.describe(hold, products))
 
     @config_timer("HOLD_CHECK_INTERVAL", 10)
+    @retried_at_next_tick(log, "hold reconciliation")
     def reconcile_holds(self):
-        """Give back stock held for orders that will never be confirmed.
+        """Settle the holds whose order is decided and give back stock held for orders that
+        will never be confirmed (:mod:`products.reconcile`).
 
         Every ``reserved`` hold older than ``HOLD_CONFIRM_AGE`` seconds is checked with the
-        orders service: confirmed orders' holds are marked confirmed (not checked again);
-        holds of orders that are rejected, failed, cancelled or unknown (the orders
-        transaction never committed) are released. Pending orders are left to the orders
-        service's own recovery. Safe to run in every process at once: each step is
-        idempotent and runs under the row locks.
+        orders service, ``HOLD_CHECK_BATCH`` at a time: confirmed orders' holds are marked
+        confirmed (not checked again); holds of orders that are rejected, failed, cancelled
+        or unknown (the orders transaction never committed) are released. Pending orders
+        are left to the orders service's own recovery. Safe to run in every process at
+        once: batches are taken ``FOR UPDATE SKIP LOCKED`` and every step is idempotent.
+        Orders or the database unavailable: one warning, retried at the next tick.
         """
-        age = float(self.config.get("HOLD_CONFIRM_AGE", 120))
-        with self.db.get_session() as session:
-            refs = session.scalars(
-                select(OrderHold.order_ref)
-                .where(
-                    OrderHold.status == HoldStatus.RESERVED,
-                    OrderHold.created_at < func.now() - timedelta(seconds=age),
-                )
-                .order_by(OrderHold.created_at)
-                .limit(100)
-            ).all()
-        if not refs:
-            return
-        try:
-            states = self.orders.order_states(refs)
-        except ShopError as exc:  # orders down or busy: nothing is decided, retry next tick
-            log.warning("hold reconciliation postponed: %s", exc)
-            return
-        confirmed = [ref for ref in refs if states.get(ref) == "confirmed"]
-        if confirmed:
-            with self.db.get_session() as session:
-                stock.confirm(session, confirmed)
-        for ref in refs:
-            if states.get(ref) in ORDER_STATES_WITHOUT_STOCK:
-                log.warning("releasing stock held for order_ref %s (order %s)", ref,
-                            states.get(ref) or "unknown")
-                stock.with_hold_retry(self.db.get_session, stock.release, ref)
+        reconcile.reconcile(
+            partial(self.db.get_session, close_on_exit=True),
+            self.orders.order_states,
+            reconcile.Settings.from_config(self.config),
+        )

@@ -6,7 +6,9 @@ other in a cycle): product rows are locked with ``SELECT ... FOR UPDATE ORDER BY
 first, then the order's hold. PostgreSQL applies the lock after the sort, so rows are
 locked in ascending id order: crossed orders ([a, b] and [b, a]) queue up instead of
 deadlocking. Any number of service processes can run these functions concurrently: the
-database, not the process, serializes them.
+database, not the process, serializes them. The reconciler (:mod:`products.reconcile`)
+locks holds only, ``SKIP LOCKED``, so it never waits on a lock; it releases a hold with
+:func:`release`, in a transaction of its own, after its batch's hold locks are gone.
 
 Idempotency: one :class:`OrderHold` per ``order_ref`` (primary key). It is read *after*
 the product locks are taken, so a redelivered or concurrent replay of the same order sees
@@ -171,20 +173,6 @@ def release(session, order_ref):
         hold.status = HoldStatus.RELEASED
     session.flush()
     return describe(hold, products)
-
-
-def confirm(session, order_refs):
-    """Mark the holds of ``order_refs`` confirmed (their orders are); only ``reserved``
-    holds change. Returns how many did."""
-    holds = session.scalars(
-        select(OrderHold)
-        .where(OrderHold.order_ref.in_(order_refs), OrderHold.status == HoldStatus.RESERVED)
-        .with_for_update()
-    ).all()
-    for hold in holds:
-        hold.status = HoldStatus.CONFIRMED
-    session.flush()
-    return len(holds)
 
 
 def with_hold_retry(get_session, operation, *args):

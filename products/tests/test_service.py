@@ -1,10 +1,15 @@
 """Products service logic alone (worker_factory) on the real test database."""
+import logging
 from decimal import Decimal
 
+import eventlet
 import pytest
 from nameko.testing.services import worker_factory
-from sqlalchemy import text
+from nameko_sqlalchemy.database import Session as NamekoSession
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.orm import sessionmaker
 
+from common.db import ShopDatabaseWrapper
 from common.errors import GatewayTimeout, ValidationError
 from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from products.exceptions import InsufficientStock, OrderTotalTooLarge, ProductNotFound
@@ -249,10 +254,255 @@ def test_list_products_pages_by_id(service):
     assert [p["id"] for p in service.list_products(after=ids[1])["items"]] == ids[2:]
 
 
-def test_reconciler_waits_while_orders_is_down(reconciler, stock_of):
+def test_reconciler_waits_while_orders_is_down(reconciler, stock_of, caplog):
     a = make(reconciler, 10)
     reconciler.reserve_stock("ref-1", [{"id": a, "quantity": 1}])
     reconciler.orders.order_states.side_effect = GatewayTimeout("orders is slow")
-    reconciler.reconcile_holds()
+    reconciler.reconcile_holds()  # not raised: Nameko would log a crashed worker
     assert reconciler.get_reservation("ref-1")["status"] == "reserved"
     assert stock_of(a) == 9
+    [warning] = tick_warnings(caplog)
+    assert warning.getMessage() == (
+        "hold reconciliation postponed to the next tick: GatewayTimeout: orders is slow"
+    )
+    reconciler.orders.order_states.side_effect = None  # orders is back: the next tick
+    reconciler.orders.order_states.return_value = {"ref-1": "confirmed"}
+    reconciler.reconcile_holds()
+    assert reconciler.get_reservation("ref-1")["status"] == "confirmed"
+
+
+# The reconciler at scale: holds inserted directly (no lines, no stock), created an hour
+# ago, one millisecond apart in the order of ``refs``.
+def insert_holds(engine, refs, age_seconds=3600):
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
+            "SELECT ref, 'reserved', t, t FROM unnest(CAST(:refs AS text[])) "
+            "WITH ORDINALITY AS r(ref, n), "
+            "LATERAL (SELECT now() - make_interval(secs => :age) + n * interval '1 ms') AS c(t)"
+        ), {"refs": refs, "age": age_seconds})
+
+
+def hold_rows(engine):
+    with engine.connect() as conn:
+        return {row.order_ref: row for row in conn.execute(text(
+            "SELECT order_ref, status, created_at, updated_at FROM order_holds"))}
+
+
+def tick_warnings(caplog):
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(r.exc_info is None for r in records)  # one line, no traceback
+    return records
+
+
+@pytest.fixture
+def reconciler_with(db_wrapper, base_config):
+    """``reconciler_with(HOLD_CHECK_BATCH=3, ...)``: a products worker with that config
+    (HOLD_CONFIRM_AGE 0 unless given); every call gets its own database wrapper."""
+
+    def make_worker(**config):
+        config = {**base_config, "HOLD_CONFIRM_AGE": 0, **config}
+        return worker_factory(ProductsService, db=db_wrapper("products"), config=config)
+
+    return make_worker
+
+
+def answering(states, calls=None, pause=0.0):
+    """A fake ``orders.order_states``: ``states[ref]`` for each ref it knows; records each
+    batch in ``calls``; ``pause`` seconds of (green) waiting, as a real RPC."""
+
+    def order_states(refs):
+        if calls is not None:
+            calls.append(list(refs))
+        eventlet.sleep(pause)
+        return {ref: states[ref] for ref in refs if states.get(ref)}
+
+    return order_states
+
+
+def test_reconciler_works_through_every_batch_in_one_tick(reconciler_with, clean_databases):
+    refs = [f"ref-{n}" for n in range(8)]
+    insert_holds(clean_databases["products"], refs)
+    calls = []
+    worker = reconciler_with(HOLD_CHECK_BATCH=3)
+    worker.orders.order_states.side_effect = answering(dict.fromkeys(refs, "confirmed"), calls)
+    worker.reconcile_holds()
+    assert calls == [refs[0:3], refs[3:6], refs[6:8]]  # oldest first, each hold once
+    assert {row.status for row in hold_rows(clean_databases["products"]).values()} == {"confirmed"}
+    worker.reconcile_holds()  # confirmed holds are never looked at again
+    assert len(calls) == 3
+
+
+def test_a_tick_stops_at_its_time_budget_and_the_next_one_goes_on(reconciler_with, clean_databases):
+    refs = [f"ref-{n}" for n in range(6)]
+    insert_holds(clean_databases["products"], refs)
+    calls = []
+    worker = reconciler_with(HOLD_CHECK_BATCH=2, HOLD_CHECK_INTERVAL=0.05)
+    worker.orders.order_states.side_effect = answering(
+        dict.fromkeys(refs, "confirmed"), calls, pause=0.06)  # a batch outlasts the budget
+    for tick in (1, 2, 3):
+        worker.reconcile_holds()
+        assert len(calls) == tick
+    assert calls == [refs[0:2], refs[2:4], refs[4:6]]
+
+
+def test_the_batch_size_is_config_yml_s(reconciler_with, clean_databases, base_config):
+    batch = int(base_config["HOLD_CHECK_BATCH"])  # 500
+    refs = [f"ref-{n:05d}" for n in range(2 * batch + 100)]
+    insert_holds(clean_databases["products"], refs)
+    calls = []
+    worker = reconciler_with()
+    worker.orders.order_states.side_effect = answering(dict.fromkeys(refs, "confirmed"), calls)
+    worker.reconcile_holds()
+    assert [len(refs) for refs in calls] == [batch, batch, 100]
+
+
+def test_reconciler_confirms_a_batch_in_one_statement(reconciler_with, clean_databases):
+    engine = clean_databases["products"]
+    refs = [f"ref-{n}" for n in range(50)]
+    insert_holds(engine, refs)
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append(" ".join(statement.split()))
+
+    worker = reconciler_with()
+    worker.orders.order_states.side_effect = answering(dict.fromkeys(refs, "confirmed"))
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        worker.reconcile_holds()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    writes = [s for s in statements if not s.startswith(("SELECT", "BEGIN", "COMMIT"))]
+    assert len(writes) == 1 and writes[0].startswith("UPDATE order_holds")
+    worker.orders.order_states.assert_called_once()
+    rows = hold_rows(engine)
+    assert {row.status for row in rows.values()} == {"confirmed"}
+    assert all(row.updated_at > row.created_at for row in rows.values())
+
+
+def test_reconciler_releases_every_state_without_stock(reconciler_with, stock_of):
+    worker = reconciler_with(HOLD_CHECK_BATCH=2)
+    a = make(worker, 100)
+    states = {"rejected": "rejected", "failed": "failed", "cancelled": "cancelled",
+              "unknown": None, "confirmed": "confirmed"}
+    for ref in states:
+        worker.reserve_stock(ref, [{"id": a, "quantity": 3}])
+    assert stock_of(a) == 85
+    worker.orders.order_states.side_effect = answering(states)
+    worker.reconcile_holds()
+    assert {ref: worker.get_reservation(ref)["status"] for ref in states} == {
+        "rejected": "released", "failed": "released", "cancelled": "released",
+        "unknown": "released", "confirmed": "confirmed"}
+    assert stock_of(a) == 97  # the four holds' stock is back, once
+
+
+def test_pending_holds_are_left_alone_and_asked_again_an_age_later(
+        reconciler_with, clean_databases):
+    engine = clean_databases["products"]
+    refs = [f"ref-{n}" for n in range(5)]
+    insert_holds(engine, refs)
+    calls = []
+    worker = reconciler_with(HOLD_CHECK_BATCH=2, HOLD_CONFIRM_AGE=60)
+    worker.orders.order_states.side_effect = answering(dict.fromkeys(refs, "pending"), calls)
+    worker.reconcile_holds()  # ends although every hold stays reserved
+    assert calls == [refs[0:2], refs[2:4], refs[4:5]]
+    assert {row.status for row in hold_rows(engine).values()} == {"reserved"}
+    worker.reconcile_holds()  # checked less than HOLD_CONFIRM_AGE ago: not asked again
+    assert len(calls) == 3
+    with engine.begin() as conn:  # a minute later
+        conn.execute(text("UPDATE order_holds SET updated_at = updated_at - interval '61 s'"))
+    worker.reconcile_holds()
+    assert calls[3:] == [refs[0:2], refs[2:4], refs[4:5]]
+
+
+def test_two_reconcilers_never_handle_the_same_hold(reconciler_with, clean_databases, stock_of):
+    """Two processes' ticks at once (two green threads, two database connections): each
+    batch is locked SKIP LOCKED, and a checked hold is stamped, so no hold is asked about,
+    confirmed or released twice."""
+    config = {"HOLD_CHECK_BATCH": 4, "HOLD_CONFIRM_AGE": 60}
+    first, second = reconciler_with(**config), reconciler_with(**config)
+    a = make(first, 100)
+    kinds = ["confirmed", "pending", None]  # None: unknown order, released
+    states = {}
+    for n in range(36):
+        ref = f"ref-{n:02d}"
+        first.reserve_stock(ref, [{"id": a, "quantity": 1}])
+        states[ref] = kinds[n % 3]
+    with clean_databases["products"].begin() as conn:  # reserved an hour ago
+        conn.execute(text("UPDATE order_holds SET created_at = created_at - interval '1 hour', "
+                          "updated_at = updated_at - interval '1 hour'"))
+    calls = {"first": [], "second": []}
+    in_flight, most_in_flight = [], []
+
+    def counted(order_states):
+        def call(refs):  # how many batches are open (locked, waiting for orders) at once
+            in_flight.append(refs)
+            most_in_flight.append(len(in_flight))
+            try:
+                return order_states(refs)
+            finally:
+                in_flight.remove(refs)
+        return call
+
+    for name, worker in (("first", first), ("second", second)):
+        worker.orders.order_states.side_effect = counted(answering(states, calls[name], pause=0.02))
+    threads = [eventlet.spawn(worker.reconcile_holds) for worker in (first, second)]
+    for thread in threads:
+        thread.wait()
+    asked = {name: [ref for batch in batches for ref in batch] for name, batches in calls.items()}
+    assert asked["first"] and asked["second"]  # both took a share of the work
+    assert max(most_in_flight) == 2  # at the same time: neither waited for the other's locks
+    assert not set(asked["first"]) & set(asked["second"])
+    assert sorted(asked["first"] + asked["second"]) == sorted(states)
+    rows = hold_rows(clean_databases["products"])
+    expected = {"confirmed": "confirmed", "pending": "reserved", None: "released"}
+    assert {ref: rows[ref].status for ref in states} == {
+        ref: expected[state] for ref, state in states.items()}
+    assert stock_of(a) == 100 - 36 + 12
+
+
+def database_at(url, **connect_args):
+    """A products ``db`` dependency on its own engine (disposed by the caller)."""
+    engine = create_engine(url, connect_args=connect_args)
+    return ShopDatabaseWrapper(sessionmaker(bind=engine, class_=NamekoSession), engine)
+
+
+def test_a_database_failure_is_one_warning_and_retried_at_the_next_tick(
+        base_config, clean_databases, caplog):
+    """The server refuses the connection (as PostgreSQL restarting, or answering ``too
+    many clients``): one warning line, nothing raised (Nameko would log a crash)."""
+    insert_holds(clean_databases["products"], ["ref-1"])
+    unreachable = database_at("postgresql+psycopg2://postgres@127.0.0.1:1/shop_products")
+    worker = worker_factory(ProductsService, db=unreachable,
+                            config={**base_config, "HOLD_CONFIRM_AGE": 0})
+    worker.reconcile_holds()
+    [warning] = tick_warnings(caplog)
+    assert warning.getMessage().startswith(
+        "hold reconciliation postponed to the next tick: OperationalError: ")
+    assert (warning.job, warning.error) == ("hold reconciliation", "OperationalError")
+    worker.orders.order_states.assert_not_called()
+    unreachable.engine.dispose()
+
+
+def test_a_busy_database_mid_batch_rolls_the_batch_back(base_config, clean_databases, caplog):
+    """The database gives up on the batch's UPDATE (lock_timeout, behind a table lock taken
+    here) after orders answered: one warning; nothing of the batch is kept, and the next
+    tick does it."""
+    engine = clean_databases["products"]
+    insert_holds(engine, ["ref-1", "ref-2"])
+    busy = database_at(engine.url, options="-c lock_timeout=100")
+    worker = worker_factory(ProductsService, db=busy, config={**base_config, "HOLD_CONFIRM_AGE": 0})
+    worker.orders.order_states.side_effect = answering(
+        dict.fromkeys(["ref-1", "ref-2"], "confirmed"))
+    with engine.connect() as locker:  # SHARE: the batch's SELECT FOR UPDATE passes, not its UPDATE
+        locker.execute(text("LOCK TABLE order_holds IN SHARE MODE"))
+        worker.reconcile_holds()
+        locker.rollback()
+    [warning] = tick_warnings(caplog)
+    assert "postponed to the next tick: LockNotAvailable: " in warning.getMessage()
+    worker.orders.order_states.assert_called_once()
+    assert {row.status for row in hold_rows(engine).values()} == {"reserved"}
+    worker.reconcile_holds()
+    assert {row.status for row in hold_rows(engine).values()} == {"confirmed"}
+    busy.engine.dispose()
