@@ -3,6 +3,9 @@
 A page is ``limit`` rows with ``id > after`` in id order; the caller gets the rows and the
 cursor of the next page (``None`` on the last one). Cost is one index range scan whatever
 the page number, unlike OFFSET.
+
+A page can also be cut by a budget (:func:`budget_page`): the orders list counts lines, so
+what one request makes a process load, hold and serialize is bounded whatever ``limit``.
 """
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
@@ -13,6 +16,7 @@ from common.schemas import load
 
 DEFAULT_PAGE_LIMIT = 100
 MAX_PAGE_LIMIT = 1000
+DEFAULT_PAGE_MAX_LINES = 2000
 
 
 class PageSchema(Schema):
@@ -46,3 +50,36 @@ def keyset_page(session, model, limit, after, *criteria):
     if len(rows) > limit:
         return rows[:limit], rows[limit - 1].id
     return rows, None
+
+
+def budget_page(weighted, limit, budget):
+    """Cut one page of candidates ``[(id, weight), ...]`` (in id order, ``limit + 1`` at
+    most, as a keyset query with ``LIMIT limit + 1`` gives them) to at most ``limit`` rows
+    and at most ``budget`` in total weight: ``(ids kept, next_after)``.
+
+    The first row is always kept, whatever its weight, so a page is never empty while
+    rows remain. ``next_after`` is the last kept id when any candidate was left out (by
+    the limit or by the budget), else ``None``: the next page starts right after it."""
+    kept = [row_id for row_id, _ in weighted[:_fitting(weighted, limit, budget)]]
+    return kept, kept[-1] if len(kept) < len(weighted) else None
+
+
+def budget_batches(weighted, budget):
+    """The ids of ``[(id, weight), ...]`` in consecutive batches of at most ``budget`` in
+    total weight (a row weighing more comes alone)."""
+    while weighted:
+        count = _fitting(weighted, len(weighted), budget)
+        yield [row_id for row_id, _ in weighted[:count]]
+        weighted = weighted[count:]
+
+
+def _fitting(weighted, limit, budget):
+    """How many leading rows of ``weighted`` fit in ``limit`` rows and ``budget`` (at
+    least one, if any)."""
+    count, spent = 0, 0
+    for _, weight in weighted:
+        if count == limit or (count and spent + weight > budget):
+            break
+        count += 1
+        spent += weight
+    return count

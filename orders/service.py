@@ -21,18 +21,21 @@ import uuid
 from datetime import timedelta
 from functools import partial
 
+import eventlet
 from nameko.events import event_handler
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 # Imported as a module: `nameko run` would take a class in this namespace for a service.
 from common import service as shop
 from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.idempotency import checked_key, ensure_same_request, fingerprint
-from common.pagination import keyset_page, page_params
+from common.pagination import DEFAULT_PAGE_MAX_LINES, budget_batches, budget_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
+from common.ticks import retried_at_next_tick
 from common.timer import config_timer
 from orders import flow
 from orders.exceptions import OrderNotCancellable, OrderNotFound
@@ -42,6 +45,8 @@ from orders.schemas import CreateOrderSchema, OrderSchema
 log = logging.getLogger(__name__)
 
 order_schema = OrderSchema()
+# list_orders loads and serializes a page this many lines at a time (see there).
+LOAD_BATCH_LINES = 500
 
 
 def remember(session, customer_id):
@@ -159,15 +164,46 @@ class OrdersService(shop.ShopService):
 
     @rpc
     def list_orders(self, customer_id, limit=None, after=None):
-        """One page of ``customer_id``'s orders in id order: ``{"items", "next_after"}``.
-        Raises CustomerNotFound (404), ValidationError (422). Read-only."""
+        """One page of ``customer_id``'s orders in id order, each with its lines:
+        ``{"items", "next_after"}``. Raises CustomerNotFound (404), ValidationError (422).
+        Read-only.
+
+        A page holds at most ``limit`` orders and at most ``PAGE_MAX_LINES`` lines (the
+        first order always fits), so what one call loads, holds and sends is bounded
+        whatever the customer has; ``next_after`` is then the last order returned.
+
+        An order counts the products it asked for (``requested``, read from the order row
+        itself): its lines never outnumber them (one line per product asked for, a pending
+        order's included once confirmed) and a rejected order's ``failure`` can name each
+        of them. Counting the lines rows instead would read every line of the ``limit + 1``
+        candidates (100,000 for 1,000 orders of 100 lines) to answer 2,000. Lines are then
+        loaded only for the orders kept."""
         limit, after = page_params(self.config, limit, after)
-        with database_errors_as_unavailable():
-            self._check_customer(self.db.session, customer_id)
-            rows, next_after = keyset_page(
-                self.db.session, Order, limit, after, Order.customer_id == customer_id
-            )
-            return {"items": order_schema.dump(rows, many=True), "next_after": next_after}
+        max_lines = int(self.config.get("PAGE_MAX_LINES", DEFAULT_PAGE_MAX_LINES))
+        # One autocommit connection: the customer check's write (remember) is one
+        # idempotent statement, committed by itself.
+        with self.db.reading() as session:
+            self._check_customer(session, customer_id)
+            weighted = session.execute(
+                select(Order.id, func.jsonb_array_length(Order.requested))
+                .where(Order.customer_id == customer_id, Order.id > after)
+                .order_by(Order.id)
+                .limit(limit + 1)
+            ).all()
+            ids, next_after = budget_page(weighted, limit, max_lines)
+            # Green threads share the process: loaded and serialized a batch of lines
+            # at a time, yielding in between, a page (~70 ms of CPU for 2,000 lines) never
+            # holds the process in one go while an order placement waits for its turn.
+            items = []
+            for batch in budget_batches(weighted[:len(ids)], LOAD_BATCH_LINES):
+                orders = session.scalars(
+                    select(Order).where(Order.id.in_(batch)).order_by(Order.id)
+                    .options(defer(Order.requested))  # not answered; up to 100 items each
+                ).all()
+                for order in orders:
+                    items.append(order_schema.dump(order))
+                    eventlet.sleep(0)
+            return {"items": items, "next_after": next_after}
 
     @rpc
     def order_states(self, order_refs):
@@ -181,11 +217,13 @@ class OrdersService(shop.ShopService):
             return {ref: status for ref, status in rows}
 
     @config_timer("RECOVERY_INTERVAL", 5)
+    @retried_at_next_tick(log, "recovery of pending orders")
     def recover_pending_orders(self):
         """Resolve ``pending`` orders untouched for ``RECOVERY_AGE`` seconds (see
         :func:`orders.flow.recover`), one transaction and row lock each; rows another
         process is working on are skipped. Stops at the first failure (e.g. products
-        down) and tries again at the next tick."""
+        down, or its own database unavailable: one warning, see :mod:`common.ticks`) and
+        tries again at the next tick."""
         age = timedelta(seconds=float(self.config.get("RECOVERY_AGE", 30)))
         for _ in range(100):
             with self.db.get_session() as session:

@@ -1,14 +1,21 @@
 """Orders service logic alone: worker_factory with the customers and products proxies
 replaced by mocks, on the real orders test database."""
+import contextlib
+import logging
+
 import pytest
 from nameko.testing.services import worker_factory
-from sqlalchemy import text
+from nameko_sqlalchemy.database import Session as NamekoSession
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import sessionmaker
 
+from common.db import ShopDatabaseWrapper
 from common.errors import GatewayTimeout, ServiceUnavailable, ValidationError
 from common.idempotency import IdempotencyKeyReused
 from customers.exceptions import CustomerNotFound
 from orders.exceptions import OrderFailed, OrderNotCancellable, OrderNotFound
+from orders import service as orders_service
 from orders.service import OrdersService
 from products.exceptions import InsufficientStock, ProductNotFound
 
@@ -225,11 +232,53 @@ def test_recovery_fences_and_fails_a_pending_order_without_stock(service):
         service.create_order(ORDER, "key-1")
 
 
-def test_recovery_waits_while_products_is_down(service):
+def warnings_logged(caplog):
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(r.exc_info is None for r in records)  # one line each, no traceback
+    return [r.getMessage() for r in records]
+
+
+def test_recovery_waits_while_products_is_down(service, caplog):
     order_id, _ = pending_order(service)
     service.products.get_reservation.side_effect = ServiceUnavailable("down")
     service.recover_pending_orders()
     assert service.get_order(order_id)["status"] == "pending"
+    assert warnings_logged(caplog) == [f"recovery of order {order_id} postponed: down"]
+
+
+def test_recovery_tick_survives_its_own_database_failing(config, caplog):
+    """Its database refuses connections (PostgreSQL restarting, ``too many clients``): one
+    warning line, nothing raised (Nameko would log a crashed worker at every tick)."""
+    engine = create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/shop_orders")
+    unreachable = ShopDatabaseWrapper(sessionmaker(bind=engine, class_=NamekoSession), engine)
+    worker = worker_factory(OrdersService, db=unreachable, config=config)
+    worker.recover_pending_orders()
+    [warning] = warnings_logged(caplog)
+    assert warning.startswith(
+        "recovery of pending orders postponed to the next tick: OperationalError: ")
+    worker.products.get_reservation.assert_not_called()
+    engine.dispose()
+
+
+def test_recovery_tick_survives_a_lock_timeout(service, db_wrapper, clean_databases, caplog):
+    """The database gives up on the recovery's statement (lock_timeout, behind a table
+    lock): one warning, and the next tick resolves the order."""
+    order_id, order_ref = pending_order(service)
+    engine = clean_databases["orders"]
+    busy_engine = create_engine(engine.url, connect_args={"options": "-c lock_timeout=100"})
+    busy = ShopDatabaseWrapper(sessionmaker(bind=busy_engine, class_=NamekoSession), busy_engine)
+    worker = worker_factory(OrdersService, db=busy, config=service.config)
+    worker.products.get_reservation.return_value = hold(order_ref, [{"id": 3, "quantity": 1}])
+    with engine.connect() as locker:
+        locker.execute(text("LOCK TABLE orders IN EXCLUSIVE MODE"))
+        worker.recover_pending_orders()
+        locker.rollback()
+    [warning] = warnings_logged(caplog)
+    assert "postponed to the next tick: LockNotAvailable: " in warning
+    assert service.get_order(order_id)["status"] == "pending"
+    worker.recover_pending_orders()
+    assert service.get_order(order_id)["status"] == "confirmed"
+    busy_engine.dispose()
 
 
 def test_cancel_gives_the_stock_back_once(service):
@@ -264,6 +313,103 @@ def test_list_orders_of_a_customer(service):
     service.customers.get_customer.side_effect = CustomerNotFound.for_id(5)
     with pytest.raises(CustomerNotFound):
         service.list_orders(5)
+
+
+def order_with_lines(service, count):
+    products = [{"id": n, "quantity": 1} for n in range(1, count + 1)]
+    return service.create_order({"customer_id": 1, "products": products})["id"]
+
+
+def walk(service, customer_id, **params):
+    """Every page of the customer's orders, following ``next_after``."""
+    pages, after = [], None
+    while True:
+        page = service.list_orders(customer_id, after=after, **params)
+        pages.append(page["items"])
+        if (after := page["next_after"]) is None:
+            return pages
+
+
+@contextlib.contextmanager
+def statements_on(engine):
+    """``[(sql, parameters)]`` of every statement ``engine`` runs inside the block."""
+    seen = []
+
+    def record(conn, cursor, sql, params, context, executemany):
+        seen.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_page_is_cut_by_its_line_budget(service, clean_databases, monkeypatch):
+    monkeypatch.setitem(service.config, "PAGE_MAX_LINES", 5)
+    ids = [order_with_lines(service, n) for n in (2, 3, 1, 4)]
+    with statements_on(clean_databases["orders"]) as seen:
+        page = service.list_orders(1, limit=10)
+    assert [o["id"] for o in page["items"]] == ids[:2]  # 5 lines: the third is a 6th
+    assert [len(o["lines"]) for o in page["items"]] == [2, 3]  # each order whole
+    assert page["next_after"] == ids[1]  # the last order returned: the client follows Link
+    # Lines were read (not counted) for the two orders kept only, in one statement.
+    [lines_params] = [params for sql, params in seen if "order_lines.product_name" in sql]
+    assert sorted(lines_params.values()) == ids[:2]
+    rest = service.list_orders(1, limit=10, after=page["next_after"])
+    assert [o["id"] for o in rest["items"]] == ids[2:]  # 1 + 4 lines: exactly the budget
+    assert rest["next_after"] is None
+
+
+def test_a_page_is_loaded_a_batch_of_lines_at_a_time(service, clean_databases, monkeypatch):
+    ids = [order_with_lines(service, n) for n in (2, 2, 1, 4, 1)]
+    whole = service.list_orders(1)
+    monkeypatch.setattr(orders_service, "LOAD_BATCH_LINES", 4)
+    with statements_on(clean_databases["orders"]) as seen:
+        assert service.list_orders(1) == whole  # the same page, in the same order
+    assert [o["id"] for o in whole["items"]] == ids
+    batches = [sorted(params.values())
+               for sql, params in seen if "order_lines.product_name" in sql]
+    assert batches == [ids[:2], ids[2:3], ids[3:4], ids[4:]]  # 4, 1 (+4 > 4), 4, 1 lines
+
+
+def test_walking_the_pages_returns_every_order_once_in_order(service, monkeypatch):
+    monkeypatch.setitem(service.config, "PAGE_MAX_LINES", 7)
+    sizes = [3, 5, 1, 9, 2, 2, 6, 1, 1, 1, 4]
+    ids = [order_with_lines(service, n) for n in sizes]
+    pages = walk(service, 1, limit=3)
+    assert [o["id"] for page in pages for o in page] == ids
+    # Cut by the budget or by the limit; an order over the budget comes alone.
+    assert [[len(o["lines"]) for o in page] for page in pages] == [
+        [3], [5, 1], [9], [2, 2], [6, 1], [1, 1, 4]
+    ]
+
+
+def test_the_limit_still_holds_when_lines_are_few(service):
+    ids = [order_with_lines(service, 1) for _ in range(5)]
+    page = service.list_orders(1, limit=2)  # config.yml's budget: 2000 lines
+    assert ([o["id"] for o in page["items"]], page["next_after"]) == (ids[:2], ids[1])
+    assert [[o["id"] for o in page] for page in walk(service, 1, limit=2)] == [
+        ids[:2], ids[2:4], ids[4:]
+    ]
+
+
+def test_an_order_without_lines_counts_the_lines_it_asked_for(service, monkeypatch):
+    """A rejected order has no lines, but its ``failure`` names each short product."""
+    monkeypatch.setitem(service.config, "PAGE_MAX_LINES", 5)
+    service.products.reserve_stock.side_effect = InsufficientStock.for_shortages(
+        [{"product_id": n, "requested": 1, "available": 0} for n in range(1, 5)]
+    )
+    with pytest.raises(InsufficientStock):
+        order_with_lines(service, 4)
+    service.products.reserve_stock.side_effect = hold
+    confirmed = order_with_lines(service, 2)
+    page = service.list_orders(1)
+    [rejected] = page["items"]  # 4 + 2 lines asked for: over the budget
+    assert (rejected["status"], rejected["lines"]) == ("rejected", [])
+    assert len(rejected["failure"]["details"]["products"]) == 4
+    rest = service.list_orders(1, after=page["next_after"])
+    assert [o["id"] for o in rest["items"]] == [confirmed]
 
 
 def test_order_states(service):
