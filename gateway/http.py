@@ -32,8 +32,11 @@ import socket
 import time
 import uuid
 
+from functools import partial
+
 import eventlet
 from eventlet.event import Event
+from eventlet.greenio import GreenSocket
 from eventlet.wsgi import STATE_IDLE, STATE_REQUEST
 from nameko.exceptions import RemoteError
 from nameko.web.handlers import HttpRequestHandler
@@ -57,6 +60,7 @@ REQUEST_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
 DEFAULT_LISTEN_BACKLOG = 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 10.0
+DRAIN_IDLE_GRACE = 1.0  # seconds an open keep-alive connection gets to send one more request
 BODY_KEY = "shop.body"
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -223,7 +227,13 @@ class JsonWebServer(WebServer):
     def drain(self):
         """Stop accepting, answer what is in flight, close idle connections; returns when
         done, at the latest after the longest call bound + 1 s. Idempotent: every caller
-        waits for the same drain."""
+        waits for the same drain.
+
+        Two races are closed: connections already in the listen backlog are accepted and
+        served before the listener closes (closing it would reset them), and a keep-alive
+        connection gets :data:`DRAIN_IDLE_GRACE` to send its next request (answered with
+        ``Connection: close``) before an idle one is closed under a client that was
+        about to use it."""
         if self.draining:
             self._drained.wait()
             return
@@ -232,13 +242,30 @@ class JsonWebServer(WebServer):
         if self._gt is not None:
             self._gt.kill()
         if self._sock is not None:
+            self._accept_backlog()
             self._sock.close()  # new connections are refused: clients go to another gateway
-        deadline = time.monotonic() + longest_call_bound(self.container.config) + 1
-        while self._busy_connections() and time.monotonic() < deadline:
+        started = time.monotonic()
+        deadline = started + longest_call_bound(self.container.config) + 1
+        while time.monotonic() < deadline and (
+            self._busy_connections()
+            or (self._connections and time.monotonic() < started + DRAIN_IDLE_GRACE)
+        ):
             eventlet.sleep(0.05)
         for _, sock, _ in list(self._connections.values()):
             with_shutdown(sock)
         self._drained.send(True)
+
+    def _accept_backlog(self):
+        """Serve the connections the kernel already accepted for us."""
+        listener = getattr(self._sock, "fd", self._sock)  # the OS socket: never waits
+        while True:
+            try:
+                raw, address = listener.accept()
+            except (BlockingIOError, OSError):
+                return
+            sock = GreenSocket(raw)
+            sock.settimeout(self._serv.socket_timeout)
+            self.container.spawn_managed_thread(partial(self.process_request, sock, address))
 
     def _busy_connections(self):
         """Connections with a request being served, or one sent and not yet read."""

@@ -67,6 +67,8 @@ class OrderLoad:
         self.answers = {}  # key -> (status or None, body or None, seconds)
         self.statuses_seen = set()  # over every attempt, retries included
         self.connection_failures = []  # "refused", "timeout" or "aborted", per failed attempt
+        self.attempts = []  # (status or None, seconds) of every attempt, retries included
+        self.aborted = []  # the exceptions of the attempts whose connection broke
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency * 2))
         self._round_robin = itertools.cycle(urls)
@@ -82,9 +84,12 @@ class OrderLoad:
         except requests.RequestException as exc:
             answer = (None, None)
             self.connection_failures.append(connection_failure_kind(exc))
+            if self.connection_failures[-1] == "aborted":
+                self.aborted.append(repr(exc))
         except ValueError:  # not JSON
             answer = (None, None)
         self.answers[key] = (*answer, time.monotonic() - started)
+        self.attempts.append((answer[0], time.monotonic() - started))
         self.statuses_seen.add(answer[0])
         time.sleep(self.pace)
 
@@ -94,6 +99,16 @@ class OrderLoad:
 
     def wait(self):
         self._thread.wait()
+
+    def outage(self):
+        """What clients saw of a fault: ``{"503": n, "504": n, "no answer": n,
+        "longest_answer_s": s}`` over every attempt."""
+        statuses = [status for status, _ in self.attempts]
+        return {
+            "503": statuses.count(503), "504": statuses.count(504),
+            "no answer": statuses.count(None),
+            "longest_answer_s": round(max(seconds for _, seconds in self.attempts), 2),
+        }
 
     def indefinite(self):
         return [key for key, (status, _, _) in self.answers.items() if status not in DEFINITE]
