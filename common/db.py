@@ -19,13 +19,14 @@ overridable in config.yml under ``DB_ENGINE_OPTIONS``:
   transaction left open by a stuck or dead worker is ended by PostgreSQL, which bounds
   how long an order can stay invisible (products' reconciler relies on it).
 """
+import logging
 import time
 from contextlib import contextmanager
 
 from nameko_sqlalchemy import Database as NamekoDatabase
 from nameko_sqlalchemy.database import DB_ENGINE_OPTIONS_KEY, DatabaseWrapper
 from sqlalchemy import event, text
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from common.errors import ServiceUnavailable
@@ -35,6 +36,8 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 4000
 DEFAULT_IDLE_IN_TRANSACTION_MS = 30000
 DEFAULT_PING_IDLE_SECONDS = 2.0
 MAX_INT4 = 2**31 - 1
+
+log = logging.getLogger(__name__)
 
 
 def engine_options(config):
@@ -136,6 +139,18 @@ class Database(NamekoDatabase):
         self.dbs[worker_ctx] = db
         return db
 
+    def worker_teardown(self, worker_ctx):
+        """Close the worker's session. Closing rolls back what the worker left open; if
+        PostgreSQL already ended that connection (e.g. ``idle_in_transaction_session_timeout``
+        while the worker's reply waited on a blocked broker), there is nothing to roll
+        back: the connection is discarded and a warning logged. An exception here would
+        make Nameko kill the whole container."""
+        try:
+            super().worker_teardown(worker_ctx)
+        except SQLAlchemyError as exc:
+            log.warning("discarded a worker's database session that PostgreSQL had closed: %s",
+                        " ".join(str(getattr(exc, "orig", exc)).split())[:200])
+
 
 def is_valid_id(value):
     """True if ``value`` can be a primary key of an ``integer`` column."""
@@ -158,7 +173,8 @@ def database_errors_as_unavailable():
 
 
 def check_database(db):
-    """``"ok"`` if the database answers ``SELECT 1``; raises ServiceUnavailable."""
-    with database_errors_as_unavailable():
-        db.session.execute(text("SELECT 1"))
+    """``"ok"`` if the database answers ``SELECT 1`` (on an autocommit connection: no
+    transaction outlives the check); raises ServiceUnavailable."""
+    with db.reading() as session:
+        session.execute(text("SELECT 1"))
     return "ok"

@@ -210,8 +210,8 @@ class OrdersService(shop.ShopService):
         """``{order_ref: status}`` for the committed orders among ``order_refs`` (at most
         1000); unknown refs are absent. Read-only (used by products' reconciler)."""
         refs = [str(ref) for ref in order_refs][:1000]
-        with database_errors_as_unavailable():
-            rows = self.db.session.execute(
+        with self.db.reading() as session:  # no transaction outlives the worker
+            rows = session.execute(
                 select(Order.order_ref, Order.status).where(Order.order_ref.in_(refs))
             )
             return {ref: status for ref, status in rows}

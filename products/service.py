@@ -126,12 +126,12 @@ class ProductsService(shop.ShopService):
     def get_reservation(self, order_ref):
         """The hold of ``order_ref`` (as ``reserve_stock`` returns it), or ``None`` if it
         never reserved nor was released. Read-only."""
-        with database_errors_as_unavailable():
-            hold = self.db.session.get(OrderHold, str(order_ref))
+        with self.db.reading() as session:  # no transaction outlives the worker
+            hold = session.get(OrderHold, str(order_ref))
             if hold is None:
                 return None
             products = {
-                p.id: p for p in self.db.session.scalars(
+                p.id: p for p in session.scalars(
                     select(Product).where(Product.id.in_([line.product_id for line in hold.lines]))
                 )
             }

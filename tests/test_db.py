@@ -3,12 +3,15 @@ autocommit connection."""
 import time
 
 import pytest
+from nameko.rpc import rpc
+from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from common.db import ShopDatabaseWrapper, ping_when_idle
+from common.db import Database, ShopDatabaseWrapper, ping_when_idle
 from common.errors import ServiceUnavailable
+from products.models import Base as ProductsBase
 
 BACKEND_PID = text("SELECT pg_backend_pid()")
 
@@ -69,3 +72,33 @@ def test_reading_answers_503_when_its_connection_is_gone(engine, db_engines):
         session.scalar(BACKEND_PID)
     with wrapper.reading() as session:  # the pool replaced it
         assert session.scalar(text("SELECT 1")) == 1
+
+
+class LeavesATransactionOpen:
+    """A worker that leaves its session's transaction open, then finds its connection ended
+    by PostgreSQL (as ``idle_in_transaction_session_timeout`` does while the worker's reply
+    waits on a blocked broker) before Nameko tears the worker down."""
+
+    name = "teardown"
+    db = Database(ProductsBase)
+    terminator = None  # an engine on the same database, set by the test
+
+    @rpc
+    def open_then_lose_the_connection(self):
+        pid = self.db.session.scalar(BACKEND_PID)
+        with self.terminator.connect() as other:
+            other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return pid
+
+
+def test_a_worker_session_that_postgresql_closed_does_not_kill_the_container(
+        container_factory, rabbit_config, databases, db_engines):
+    LeavesATransactionOpen.terminator = db_engines["products"]
+    config = {**rabbit_config, "DB_URIS": {"teardown:Base": databases["products"]}}
+    container = container_factory(LeavesATransactionOpen, config)
+    container.start()
+    with ClusterRpcProxy(config, timeout=10) as cluster:
+        first = cluster.teardown.open_then_lose_the_connection()
+        second = cluster.teardown.open_then_lose_the_connection()  # the container lives on
+    assert first != second
+    assert not container._died.ready()
