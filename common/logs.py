@@ -73,14 +73,14 @@ class WorkerLog(DependencyProvider):
         else:
             outcome = "internal_error"
         started = getattr(_current, "started", time.monotonic())
-        log.info(
-            "worker",
-            extra={
-                "event": "worker",
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                "outcome": outcome,
-            },
-        )
+        extra = {
+            "event": "worker",
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            "outcome": outcome,
+        }
+        if outcome == "internal_error":  # what it was, even where it is not a crash here
+            extra["error_type"] = getattr(exc, "exc_type", None) or type(exc).__name__
+        log.info("worker", extra=extra)
 
     def worker_teardown(self, worker_ctx):
         _current.fields = {}

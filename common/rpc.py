@@ -8,7 +8,10 @@ into errors of the shared hierarchy:
 
 * no queue bound for the service (never started)  -> :class:`ServiceUnavailable` (503)
 * no reply within the deadline                    -> :class:`GatewayTimeout` (504)
-* the broker unreachable (publish fails)          -> :class:`ServiceUnavailable` (503)
+* the broker unreachable, or the connection broken  -> :class:`ServiceUnavailable` (503,
+  (a node died mid-publish)                          ``details.reason: "broker"``)
+* the service failing the call because its own     -> :class:`ServiceUnavailable` (503,
+  broker connection broke (:data:`TRANSPORT_FAILURES`) ``reason: "service_restarting"``)
 * the broker blocking publishers (memory or disk  -> :class:`ServiceUnavailable` (503,
   alarm, :mod:`common.broker`): nothing is sent      ``details.reason: "broker_blocked"``)
 
@@ -18,17 +21,29 @@ waits for the broker's confirm, and kombu's cleanup of its channel then waits to
 long as the alarm lasts; that thread finishes by itself once the alarm clears (its
 message may then still be delivered: a 504 never says the call did not happen).
 """
+import logging
+
 import eventlet
+from amqp.exceptions import AMQPError
 from kombu.exceptions import OperationalError as KombuOperationalError
-from nameko.exceptions import UnknownService
+from nameko.exceptions import RemoteError, UnknownService
 from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy, rpc as nameko_rpc
 
 from common.broker import BrokerWatch
 from common.errors import GatewayTimeout, ServiceUnavailable, ShopError
 
+log = logging.getLogger(__name__)
+
 RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
 RPC_TIMEOUTS_CONFIG_KEY = "RPC_TIMEOUTS"  # per target service, overrides RPC_TIMEOUT
 DEFAULT_RPC_TIMEOUT = 10.0
+# Errors a service replies with when its own broker connection broke mid-call, or when it
+# was stopping (nameko 2.x sends them as RemoteError): transient, the call is retryable.
+TRANSPORT_FAILURES = frozenset({
+    "ContainerBeingKilled", "ConnectionError", "ConnectionResetError", "BrokenPipeError",
+    "ConnectionRefusedError", "ConnectionAbortedError", "OSError", "TimeoutError",
+    "RecoverableConnectionError", "ConnectionForced", "OperationalError",
+})
 
 
 def call_bound(config, target_service):
@@ -86,12 +101,26 @@ class BoundedMethodProxy(MethodProxy):
                 f"{self.timeout:g}s",
                 {"service": self.service_name, "timeout_seconds": self.timeout},
             ) from None
+        except RemoteError as exc:
+            if exc.exc_type not in TRANSPORT_FAILURES:
+                raise
+            # the service's process failed to take or answer the call because its own
+            # broker connection broke (nameko then stops that process; its supervisor
+            # restarts it) or it was being stopped: the call may be redelivered, retry
+            raise ServiceUnavailable(
+                f"{self.service_name} could not handle the call ({exc.exc_type}); retry later",
+                {"service": self.service_name, "reason": "service_restarting"},
+            ) from None
         except UnknownService:
             raise ServiceUnavailable(
                 f"service {self.service_name!r} is not running",
                 {"service": self.service_name},
             ) from None
-        except (KombuOperationalError, ConnectionError) as exc:
+        except (KombuOperationalError, AMQPError, OSError) as exc:
+            # the broker connection broke (a node died, py-amqp's "Server unexpectedly
+            # closed connection" is a bare OSError) or refused the publish
+            log.warning("call to %s.%s failed at the broker: %r", self.service_name,
+                        self.method_name, exc)
             raise ServiceUnavailable(
                 f"the message broker is unavailable: cannot call {self.service_name}",
                 {"service": self.service_name, "reason": "broker"},

@@ -38,14 +38,15 @@ import eventlet
 from eventlet.event import Event
 from eventlet.greenio import GreenSocket
 from eventlet.wsgi import STATE_IDLE, STATE_REQUEST
-from nameko.exceptions import RemoteError
+from nameko.exceptions import ContainerBeingKilled, RemoteError
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from common.errors import (
-    BadRequest, ClientClosedRequest, InternalError, PayloadTooLarge, RequestTimeout, ShopError,
+    BadRequest, ClientClosedRequest, InternalError, PayloadTooLarge, RequestTimeout,
+    ServiceUnavailable, ShopError,
     UnsupportedMediaType, from_http_status,
 )
 from common.logs import REQUEST_ID_KEY
@@ -78,6 +79,8 @@ def error_response(exc):
     """The JSON envelope for ``exc``; unexpected exceptions become an opaque 500."""
     if isinstance(exc, HTTPException):
         exc = from_http_status(exc.code, exc.description)
+    if isinstance(exc, ContainerBeingKilled):  # this gateway is going down: go elsewhere
+        exc = ServiceUnavailable("the gateway is restarting; retry", {"reason": "shutting_down"})
     if not isinstance(exc, ShopError):
         exc = InternalError()
     headers = None

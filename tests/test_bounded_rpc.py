@@ -4,6 +4,7 @@ from unittest.mock import Mock
 
 import eventlet
 import pytest
+from nameko.exceptions import RemoteError
 from nameko.rpc import rpc
 from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -19,6 +20,10 @@ class SlowService:
         eventlet.sleep(seconds)
         return "done"
 
+    @rpc
+    def fail(self, error):
+        raise {"reset": ConnectionResetError, "bug": ValueError}[error]("boom")
+
 
 class CallerService:
     name = "caller"
@@ -33,6 +38,13 @@ class CallerService:
     @rpc
     def call_absent(self):
         return self.absent.anything()
+
+    @rpc
+    def call_failing(self, error):
+        try:
+            return self.slow.fail(error)
+        except ServiceUnavailable as exc:
+            return exc.details
 
 
 @pytest.fixture
@@ -60,6 +72,20 @@ def test_a_slow_service_times_out_within_the_bound(caller):
     # the timed-out call's reply slot is dropped, not kept until a reply that may never come
     listener = next(ext for ext in container.extensions if type(ext).__name__ == "ReplyListener")
     assert listener._reply_events == {}
+
+
+def test_a_service_whose_broker_connection_broke_mid_call_is_unavailable(caller):
+    """What nameko 2.x replies when the service's own connection broke (e.g. a cluster node
+    died under it) is transient: a 503 to retry, not a 500."""
+    proxy, _ = caller
+    assert proxy.call_failing("reset") == {"service": "slow", "reason": "service_restarting"}
+
+
+def test_a_bug_in_a_service_is_still_a_remote_error(caller):
+    proxy, _ = caller
+    with pytest.raises(RemoteError) as raised:
+        proxy.call_failing("bug")
+    assert "ValueError" in str(raised.value)  # the bug, passed on as it was
 
 
 def test_a_service_that_never_started_is_unavailable(caller):
