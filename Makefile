@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile cluster-up cluster-down cluster-status
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -67,6 +67,15 @@ profile:  ## py-spy profiles of every stack process under one scenario: PROFILE_
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
 	@bash bench/ensure-wrk.sh
 	@$(BIN)/python bench/profile.py
+
+cluster-up:  ## a 3-node RabbitMQ cluster (shop-rabbit-1..3, AMQP 5701-5703), quorum vhost `shop`; prints AMQP_URI
+	@$(PYTHON) scripts/rabbit_cluster.py up
+
+cluster-down:  ## stop exactly the cluster-up nodes (never the default broker on 5672)
+	@$(PYTHON) scripts/rabbit_cluster.py down
+
+cluster-status:  ## nodes, members and the leader of each quorum queue
+	@$(PYTHON) scripts/rabbit_cluster.py status
 
 shell: build  ## interactive RPC: n.rpc.products.get_product(1)
 	$(BIN)/nameko shell --config config.yml

@@ -13,7 +13,7 @@ import requests
 
 from tests.faults.conftest import FAST_RECOVERY, PROCESSES
 from tests.harness import Stack, stack_env
-from tests.rabbit_node import private_rabbit_node
+from tests.rabbit_node import private_rabbit_cluster
 
 ALARM_SECONDS = 12  # longer than every bound below: an answer that waits for the alarm to clear shows
 SLACK = 1.0  # the issue's "within its bound + 1 s"
@@ -29,12 +29,12 @@ BOUNDS = {  # seconds, per kind of request
 @pytest.fixture
 def stack(clean_databases, test_db_uris, tmp_path_factory):
     """The fault stack, on a RabbitMQ node of its own."""
-    with private_rabbit_node(str(tmp_path_factory.mktemp("rabbit"))) as node:
+    with private_rabbit_cluster(str(tmp_path_factory.mktemp("rabbit")), count=1) as broker:
         running = Stack(
-            stack_env(node.amqp_uri, test_db_uris, READY_TIMEOUT=READY_TIMEOUT, **FAST_RECOVERY),
+            stack_env(broker.amqp_uri, test_db_uris, READY_TIMEOUT=READY_TIMEOUT, **FAST_RECOVERY),
             str(tmp_path_factory.mktemp("alarm-stack")), PROCESSES,
         )
-        running.rabbit = node
+        running.rabbit = broker.nodes[0]
         try:
             running.start()
             yield running

@@ -1,0 +1,337 @@
+"""Local RabbitMQ nodes and clusters from the installed server: `make cluster-up`,
+`make cluster-down`, `make cluster-status`, and the test suite's private brokers.
+
+Each node runs the installed ``rabbitmq-server`` with its own name, ports, data, log,
+config and enabled-plugins files under its own directory, and the installed server's
+Erlang cookie (copied into the node's ``HOME``, which its ``rabbitmqctl`` shares), so it
+never touches the default node on 5672. Nodes are stopped by their own pid.
+
+`make cluster-up` starts three nodes, ``shop-rabbit-N@localhost`` (AMQP 127.0.0.1:570N,
+management 1570N, distribution 2570N, files under ``.run/rabbitmq-N/``), joins them into
+one cluster, and creates the vhost ``shop`` whose default queue type is quorum: Nameko's
+durable queues (``rpc-<service>``, the event handlers') are then quorum queues replicated
+on every node, with no client change, while its reply queues (non-durable, ``x-expires``)
+stay classic. It is idempotent (a stopped node is started and rejoins) and prints the
+``AMQP_URI`` to give `make up`: the three URIs, ``;``-separated (kombu fails over).
+
+    python scripts/rabbit_cluster.py up|down|status
+"""
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
+INSTALLED_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+START_TIMEOUT = 120
+VHOST = "shop"
+USER, PASSWORD = "guest", "guest"
+# Schedulers that sleep instead of spinning: several nodes share two cores with the stack.
+ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
+
+
+def tool(name):
+    path = os.path.join(RABBITMQ_BIN, name)
+    return path if os.path.exists(path) else shutil.which(name)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().split(") ", 1)[1][0] != "Z"
+    return True
+
+
+def wait_for(condition, message, timeout=30, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(message)
+        time.sleep(interval)
+
+
+class RabbitNode:
+    """One node: ``start()`` (idempotent), ``stop()`` by pid, ``ctl(*args)``."""
+
+    def __init__(self, base_dir, nodename, port, dist_port, management_port=None,
+                 cookie=None):
+        self.base_dir = os.path.abspath(base_dir)
+        self.nodename = nodename
+        self.port = port
+        self.dist_port = dist_port
+        self.management_port = management_port
+        self.cookie = cookie
+
+    def uri(self, vhost=""):
+        return f"pyamqp://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{vhost}"
+
+    @property
+    def pid_file(self):
+        return os.path.join(self.base_dir, "rabbit.pid")
+
+    @property
+    def env(self):
+        base = self.base_dir
+        return {
+            **os.environ,
+            "HOME": base,  # its Erlang cookie, shared with ctl()
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": os.path.join(base, "mnesia"),
+            "RABBITMQ_LOG_BASE": os.path.join(base, "log"),
+            "RABBITMQ_PID_FILE": self.pid_file,
+            "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(base, "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": os.path.join(base, "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(base, "advanced.config"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": ERL_ARGS,
+        }
+
+    @property
+    def pid(self):
+        with contextlib.suppress(OSError, ValueError):
+            with open(self.pid_file) as stream:
+                return int(stream.read().strip())
+        return None
+
+    def is_running(self):
+        return self.pid is not None and _alive(self.pid)
+
+    def _write_files(self):
+        os.makedirs(self.base_dir, exist_ok=True)
+        plugins = "[rabbitmq_management]" if self.management_port else "[]"
+        with open(os.path.join(self.base_dir, "enabled_plugins"), "w") as stream:
+            stream.write(f"{plugins}.\n")
+        with open(os.path.join(self.base_dir, "rabbitmq.conf"), "w") as stream:
+            if self.management_port:
+                stream.write(f"management.tcp.ip = 127.0.0.1\n"
+                             f"management.tcp.port = {self.management_port}\n")
+        if self.cookie:
+            path = os.path.join(self.base_dir, ".erlang.cookie")
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, 0o600)
+            with open(path, "w") as stream:
+                stream.write(self.cookie)
+            os.chmod(path, 0o400)
+
+    def start(self):
+        """Start the node unless it runs; return once it accepts connections."""
+        if self.is_running():
+            return
+        self._write_files()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.pid_file)
+        log = open(os.path.join(self.base_dir, "server.log"), "a")
+        server = subprocess.Popen(
+            [tool("rabbitmq-server")], env=self.env, cwd=self.base_dir, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # the node registers with epmd a moment after its process starts
+            try:
+                self.ctl("await_startup", "--timeout", "15", timeout=40)
+                break
+            except RuntimeError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        wait_for(lambda: self.pid is not None, f"{self.nodename} wrote no pid file")
+
+    def ctl(self, *args, timeout=60, tool_name="rabbitmqctl"):
+        """``rabbitmqctl -n <this node> args`` (or another CLI tool); its stdout."""
+        result = subprocess.run(
+            [tool(tool_name), "-n", self.nodename, *args], env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool_name} {' '.join(args)}: {result.stderr or result.stdout}")
+        return result.stdout
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Send ``sig`` to the node's own pid; wait until it is gone (SIGKILL after
+        ``timeout``)."""
+        pid = self.pid
+        if pid is None or not _alive(pid):
+            return
+        os.kill(pid, sig)
+        try:
+            wait_for(lambda: not _alive(pid), f"{self.nodename} did not stop", timeout)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not _alive(pid), f"{self.nodename} survived SIGKILL", 30)
+
+    def kill(self):
+        """kill -9, as a crash."""
+        self.stop(signal.SIGKILL)
+
+    def alarms(self):
+        """The node's resource alarms, e.g. ``["memory"]``."""
+        out = self.ctl("eval", "rabbit_alarm:get_alarms().")
+        return re.findall(r"\{resource_limit,(\w+),", out)
+
+    @contextlib.contextmanager
+    def memory_alarm(self):
+        """A memory alarm (the watermark set to a sliver of memory) for the block's
+        duration; cleared on the way out, waiting until the node says so."""
+        self.ctl("set_vm_memory_high_watermark", "0.000001")
+        try:
+            wait_for(lambda: "memory" in self.alarms(), "the memory alarm never went off")
+            yield
+        finally:
+            self.ctl("set_vm_memory_high_watermark", "0.4")
+            wait_for(lambda: "memory" not in self.alarms(), "the memory alarm never cleared")
+
+
+class RabbitCluster:
+    """Nodes joined into one cluster (the first is the one the others join), with a vhost
+    whose durable queues are quorum queues."""
+
+    def __init__(self, nodes, vhost=VHOST):
+        self.nodes = nodes
+        self.vhost = vhost
+
+    @property
+    def amqp_uri(self):
+        """Every node's URI on the vhost, ``;``-separated: kombu's failover list."""
+        return ";".join(node.uri(self.vhost) for node in self.nodes)
+
+    def node(self, nodename):
+        return next(node for node in self.nodes if node.nodename == nodename)
+
+    def running_nodes(self):
+        return [node for node in self.nodes if node.is_running()]
+
+    def members(self, via):
+        """Nodes of the cluster ``via`` belongs to (running or not)."""
+        status = json.loads(via.ctl("cluster_status", "--formatter", "json"))
+        return set(status.get("disk_nodes", [])) | set(status.get("ram_nodes", []))
+
+    def running_members(self, via):
+        """Nodes of ``via``'s cluster that are running, as ``via`` sees them."""
+        status = json.loads(via.ctl("cluster_status", "--formatter", "json"))
+        return set(status.get("running_nodes", []))
+
+    def up(self):
+        """Start every node, join the cluster, create the vhost; idempotent."""
+        seed, *others = self.nodes
+        fresh = {node.nodename: not os.path.isdir(os.path.join(node.base_dir, "mnesia"))
+                 for node in others}
+        with ThreadPoolExecutor(len(self.nodes)) as pool:  # boots overlap: ~10 s each
+            list(pool.map(RabbitNode.start, self.nodes))
+        for node in others:
+            if fresh[node.nodename] or seed.nodename not in self.members(node):
+                node.ctl("stop_app")
+                node.ctl("reset")
+                node.ctl("join_cluster", seed.nodename)
+                node.ctl("start_app")
+        if self.vhost not in seed.ctl("list_vhosts", "--quiet", "--no-table-headers").split():
+            seed.ctl("add_vhost", self.vhost, "--default-queue-type", "quorum")
+        seed.ctl("set_permissions", "-p", self.vhost, USER, ".*", ".*", ".*")
+        return self
+
+    def down(self):
+        for node in reversed(self.nodes):
+            node.stop()
+
+    def any_running(self):
+        running = self.running_nodes()
+        if not running:
+            raise RuntimeError("no node of the cluster is running")
+        return running[0]
+
+    def queue_leaders(self):
+        """``{queue: leader node}`` of the vhost's quorum queues."""
+        out = self.any_running().ctl(
+            "list_queues", "-p", self.vhost, "name", "type", "leader", "--quiet",
+            "--no-table-headers",
+        )
+        leaders = {}
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[1] == "quorum":
+                leaders[fields[0]] = fields[2]
+        return leaders
+
+    def status(self):
+        lines = []
+        for node in self.nodes:
+            state = f"running (pid {node.pid})" if node.is_running() else "stopped"
+            lines.append(f"{node.nodename}  amqp 127.0.0.1:{node.port}  {state}")
+        if self.running_nodes():
+            members = self.members(self.any_running())
+            lines.append("cluster members: " + ", ".join(sorted(members)))
+            for queue, leader in sorted(self.queue_leaders().items()):
+                lines.append(f"quorum queue {queue}: leader {leader}")
+        return "\n".join(lines)
+
+
+def installed_cookie():
+    """The installed server's Erlang cookie, if this user may read it."""
+    with contextlib.suppress(OSError):
+        with open(INSTALLED_COOKIE) as stream:
+            return stream.read().strip()
+    return None
+
+
+def make_cluster(run_dir, count=3):
+    """The `make cluster-up` cluster: ``shop-rabbit-N@localhost`` on 570N / 1570N / 2570N."""
+    cookie = installed_cookie() or "shop-cluster-cookie"
+    return RabbitCluster([
+        RabbitNode(os.path.join(run_dir, f"rabbitmq-{n}"), f"shop-rabbit-{n}@localhost",
+                   port=5700 + n, dist_port=25700 + n, management_port=15700 + n,
+                   cookie=cookie)
+        for n in range(1, count + 1)
+    ])
+
+
+def private_cluster(base_dir, count=3, name="shoptest"):
+    """A cluster on free ports, e.g. for one test (no management plugin: lean). With
+    ``count=1``, a lone node."""
+    cookie = f"{name}-{os.getpid()}-{free_port()}"
+    nodes = []
+    for n in range(1, count + 1):
+        port = free_port()
+        nodes.append(RabbitNode(os.path.join(base_dir, f"rabbitmq-{n}"), f"{name}{port}@localhost",
+                                port=port, dist_port=free_port(), cookie=cookie))
+    return RabbitCluster(nodes)
+
+
+def main(argv):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cluster = make_cluster(os.path.join(root, ".run"))
+    command = argv[1] if len(argv) > 1 else "status"
+    if command == "up":
+        cluster.up()
+        print(cluster.status())
+        print(f"AMQP_URI='{cluster.amqp_uri}'")
+    elif command == "down":
+        cluster.down()
+        print("cluster stopped")
+    elif command == "status":
+        print(cluster.status())
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

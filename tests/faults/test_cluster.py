@@ -1,0 +1,99 @@
+"""The stack on a three-node RabbitMQ cluster (quorum queues, kombu failover over the
+``;``-separated AMQP_URI): a node killed under load, or every node restarted in turn,
+loses nothing. Each test runs on a fresh cluster of private nodes (never the default
+broker), started and stopped by the test."""
+import json
+import time
+
+import eventlet
+import pytest
+import requests
+
+from tests.faults.conftest import FAST_RECOVERY, PROCESSES, OrderLoad
+from tests.harness import Stack, stack_env
+from tests.rabbit_node import private_rabbit_cluster
+
+READY_WITHIN = 30  # seconds after the fault
+
+
+@pytest.fixture
+def stack(clean_databases, test_db_uris, tmp_path_factory):
+    with private_rabbit_cluster(str(tmp_path_factory.mktemp("cluster")), count=3) as cluster:
+        running = Stack(
+            stack_env(cluster.amqp_uri, test_db_uris, **FAST_RECOVERY),
+            str(tmp_path_factory.mktemp("cluster-stack")), PROCESSES,
+        )
+        running.cluster = cluster
+        try:
+            running.start()
+            yield running
+        finally:
+            running.stop()
+
+
+@pytest.fixture
+def load(stack, shop, request):
+    """Many clients: 30 at once, over five products (``count`` orders, 300 by default)."""
+    customer_id, stock_added = shop
+    count = getattr(request, "param", 300)
+    return OrderLoad(stack.urls, customer_id, sorted(stock_added), count=count, concurrency=30,
+                     pace=0.01)
+
+
+def wait_ready(stack, since, within=READY_WITHIN):
+    """/ready on every gateway answers 200 within ``within`` s of ``since``."""
+    for url in stack.urls:
+        while True:
+            try:
+                if requests.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() - since < within, f"{url}/ready not green in {within} s"
+            time.sleep(0.5)
+
+
+def assert_every_process_runs(stack):
+    status = stack.ctl("status").splitlines()
+    assert status and all(" RUNNING " in line for line in status), status
+
+
+def report(fault, load):
+    print(f"\ncluster fault {fault}: client-visible outage {json.dumps(load.outage())}")
+
+
+@pytest.mark.parametrize("queue", ["rpc-products", "rpc-orders"])
+def test_the_leader_of_a_service_queue_killed_mid_load(stack, load, check_books, queue):
+    leader = stack.cluster.node(stack.cluster.queue_leaders()[queue])
+    load.start()
+    eventlet.sleep(1)
+    leader.kill()
+    killed_at = time.monotonic()
+    load.wait()
+    wait_ready(stack, killed_at)
+    load.settle()
+    check_books()
+    assert_every_process_runs(stack)
+    report(f"kill -9 the leader of {queue} ({leader.nodename})", load)
+
+
+@pytest.mark.parametrize("load", [1500], indirect=True)  # long enough to span the restarts
+def test_a_rolling_restart_of_every_node_under_load(stack, load, check_books):
+    load.start()
+    for node in stack.cluster.nodes:
+        # the upgrade path: wait until every quorum queue keeps a majority without this
+        # node, then stop it (SIGTERM) and start it again
+        node.ctl("await_online_quorum_plus_one", "--timeout", "60", timeout=90,
+                 tool_name="rabbitmq-upgrade")
+        node.stop()
+        eventlet.sleep(1)
+        node.start()  # it rejoins the cluster with its own data
+        restarted_at = time.monotonic()
+        wait_ready(stack, restarted_at)
+    load.wait()
+    load.settle()
+    check_books()
+    assert_every_process_runs(stack)
+    names = {node.nodename for node in stack.cluster.nodes}
+    assert stack.cluster.running_members(stack.cluster.nodes[0]) == names
+    report("rolling restart of the three nodes", load)
