@@ -48,7 +48,8 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def _alive(pid):
+def process_alive(pid):
+    """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +114,7 @@ class RabbitNode:
         return None
 
     def is_running(self):
-        return self.pid is not None and _alive(self.pid)
+        return self.pid is not None and process_alive(self.pid)
 
     def _write_files(self):
         os.makedirs(self.base_dir, exist_ok=True)
@@ -169,14 +170,14 @@ class RabbitNode:
         """Send ``sig`` to the node's own pid; wait until it is gone (SIGKILL after
         ``timeout``)."""
         pid = self.pid
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             return
         os.kill(pid, sig)
         try:
-            wait_for(lambda: not _alive(pid), f"{self.nodename} did not stop", timeout)
+            wait_for(lambda: not process_alive(pid), f"{self.nodename} did not stop", timeout)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not _alive(pid), f"{self.nodename} survived SIGKILL", 30)
+            wait_for(lambda: not process_alive(pid), f"{self.nodename} survived SIGKILL", 30)
 
     def kill(self):
         """kill -9, as a crash."""

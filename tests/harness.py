@@ -9,7 +9,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
 from common.config import ROOT
+from scripts.rabbit_cluster import free_port, process_alive
 from scripts.supervisor import write_supervisor_conf
 
 START_TIMEOUT = 60
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -63,7 +57,8 @@ def stack_env(amqp_uri, db_uris, **overrides):
 class Stack:
     """The stack under supervisord, configured exactly as `make up` configures it
     (scripts/supervisor.py), in a directory of its own: a process that dies is restarted.
-    ``urls`` are the gateways' base URLs; processes are named ``products-0`` etc."""
+    ``urls`` are the gateways' base URLs; processes are named ``products-0`` etc.
+    ``with Stack(...) as running:`` starts it and always stops it."""
 
     def __init__(self, env, run_dir, processes, gateways=3):
         self.env = env
@@ -106,7 +101,7 @@ class Stack:
         pid = self.pid(name)
         os.kill(pid, sig)
         deadline = time.monotonic() + 30
-        while _alive(pid):
+        while process_alive(pid):
             assert time.monotonic() < deadline, f"{name} ({pid}) ignored signal {sig}"
             time.sleep(0.1)
 
@@ -136,6 +131,13 @@ class Stack:
             )
             time.sleep(0.3)
 
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
     def stop(self):
         """SIGTERM every process (as `make down`), then supervisord itself exits."""
         if self.supervisord is None:
@@ -147,18 +149,6 @@ class Stack:
             self.supervisord.kill()
             self.supervisord.wait()
         self.supervisord = None
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by supervisord) counts as gone
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().split(") ", 1)[1][0] != "Z"
-    return True
 
 
 def ping(amqp_uri, service, timeout=2):

@@ -17,14 +17,10 @@ def stack(request, rabbit_manager, databases, tmp_path_factory):
     two at once would exceed PostgreSQL's default 100 connections."""
     amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
     with rabbit_vhost(rabbit_manager, amqp_uri, "shop_e2e") as vhost_uri:
-        running = Stack(
+        with Stack(
             stack_env(vhost_uri, databases), str(tmp_path_factory.mktemp("e2e-stack")), PROCESSES
-        )
-        try:
-            running.start()
+        ) as running:
             yield running
-        finally:
-            running.stop()
 
 
 @pytest.fixture

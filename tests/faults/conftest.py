@@ -36,15 +36,11 @@ SETTLE_SECONDS = 120
 def stack(request, rabbit_manager, clean_databases, test_db_uris, tmp_path_factory):
     amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
     with rabbit_vhost(rabbit_manager, amqp_uri, "shop_faults") as vhost_uri:
-        running = Stack(
+        with Stack(
             stack_env(vhost_uri, test_db_uris, **FAST_RECOVERY),
             str(tmp_path_factory.mktemp("fault-stack")), PROCESSES,
-        )
-        try:
-            running.start()
+        ) as running:
             yield running
-        finally:
-            running.stop()
 
 
 class OrderLoad:

@@ -30,16 +30,12 @@ BOUNDS = {  # seconds, per kind of request
 def stack(clean_databases, test_db_uris, tmp_path_factory):
     """The fault stack, on a RabbitMQ node of its own."""
     with private_rabbit_cluster(str(tmp_path_factory.mktemp("rabbit")), count=1) as broker:
-        running = Stack(
+        with Stack(
             stack_env(broker.amqp_uri, test_db_uris, READY_TIMEOUT=READY_TIMEOUT, **FAST_RECOVERY),
             str(tmp_path_factory.mktemp("alarm-stack")), PROCESSES,
-        )
-        running.rabbit = broker.nodes[0]
-        try:
-            running.start()
+        ) as running:
+            running.rabbit = broker.nodes[0]
             yield running
-        finally:
-            running.stop()
 
 
 class Prober:

@@ -19,16 +19,12 @@ READY_WITHIN = 30  # seconds after the fault
 @pytest.fixture
 def stack(clean_databases, test_db_uris, tmp_path_factory):
     with private_rabbit_cluster(str(tmp_path_factory.mktemp("cluster")), count=3) as cluster:
-        running = Stack(
+        with Stack(
             stack_env(cluster.amqp_uri, test_db_uris, **FAST_RECOVERY),
             str(tmp_path_factory.mktemp("cluster-stack")), PROCESSES,
-        )
-        running.cluster = cluster
-        try:
-            running.start()
+        ) as running:
+            running.cluster = cluster
             yield running
-        finally:
-            running.stop()
 
 
 @pytest.fixture
