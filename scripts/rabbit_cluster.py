@@ -9,10 +9,11 @@ never touches the default node on 5672. Nodes are stopped by their own pid.
 `make cluster-up` starts three nodes, ``shop-rabbit-N@localhost`` (AMQP 127.0.0.1:570N,
 management 1570N, distribution 2570N, files under ``.run/rabbitmq-N/``), joins them into
 one cluster, and creates the vhost ``shop`` whose default queue type is quorum: Nameko's
-durable queues (``rpc-<service>``, the event handlers') are then quorum queues replicated
-on every node, with no client change, while its reply queues (non-durable, ``x-expires``)
-stay classic. It is idempotent (a stopped node is started and rejoins) and prints the
-``AMQP_URI`` to give `make up`: the three URIs, ``;``-separated (kombu fails over).
+queues (``rpc-<service>``, the event handlers', and its reply queues too, which kombu
+declares durable, with ``x-expires``) are then quorum queues replicated on every node,
+with no client change. It is idempotent (a stopped node is started and rejoins) and
+prints the ``AMQP_URI`` to give `make up`: the three URIs, ``;``-separated (kombu fails
+over).
 
     python scripts/rabbit_cluster.py up|down|status
 """
@@ -279,8 +280,13 @@ class RabbitCluster:
         if self.running_nodes():
             members = self.members(self.any_running())
             lines.append("cluster members: " + ", ".join(sorted(members)))
-            for queue, leader in sorted(self.queue_leaders().items()):
-                lines.append(f"quorum queue {queue}: leader {leader}")
+            leaders = self.queue_leaders()
+            replies = [queue for queue in leaders if queue.startswith("rpc.reply-")]
+            for queue, leader in sorted(leaders.items()):
+                if queue not in replies:
+                    lines.append(f"quorum queue {queue}: leader {leader}")
+            lines.append(f"reply queues (quorum, expire 5 min after their last consumer): "
+                         f"{len(replies)}")
         return "\n".join(lines)
 
 
