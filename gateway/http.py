@@ -182,8 +182,6 @@ class JsonWsgiApp(WsgiApp):
         return response(environ, start_response)
 
 
-
-
 def routing_error(exc, environ):
     """The ShopError for werkzeug's routing 404 / 405, naming the path or allowed methods."""
     if exc.code == 405:
@@ -326,8 +324,9 @@ class JsonHttpEntrypoint(HttpRequestHandler):
             response = error_response(exc)
         else:
             if client_is_gone(request.environ.get(CLIENT_SOCKET_KEY)):
-                return error_response(ClientClosedRequest())  # skip the work: nobody waits
-            response = super().handle_request(request)
+                response = error_response(ClientClosedRequest())  # skip the work: nobody waits
+            else:
+                response = super().handle_request(request)
         response.headers[REQUEST_ID_HEADER] = request_id_of(request)
         return response
 
