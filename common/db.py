@@ -30,6 +30,8 @@ from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from common.errors import ServiceUnavailable
+from common.metrics import watch_pool
+from common.tracing import provider_for, records_spans
 
 DEFAULT_LOCK_TIMEOUT_MS = 3000
 DEFAULT_STATEMENT_TIMEOUT_MS = 4000
@@ -124,8 +126,9 @@ class ShopDatabaseWrapper(DatabaseWrapper):
 
 class Database(NamekoDatabase):
     """nameko-sqlalchemy ``Database`` whose engine is built with :func:`engine_options`,
-    pings idle connections (:func:`ping_when_idle`) and gives workers a
-    :class:`ShopDatabaseWrapper`."""
+    pings idle connections (:func:`ping_when_idle`), reports its pool and errors as
+    metrics (:func:`common.metrics.watch_pool`), traces its statements when spans are
+    exported (:mod:`common.tracing`) and gives workers a :class:`ShopDatabaseWrapper`."""
 
     def setup(self):
         config = self.container.config
@@ -133,6 +136,13 @@ class Database(NamekoDatabase):
         super().setup()
         idle = float(config.get("DB_PING_IDLE_SECONDS", DEFAULT_PING_IDLE_SECONDS))
         ping_when_idle(self.engine, idle)
+        service = self.container.service_name
+        watch_pool(service, self.engine)
+        provider = provider_for(config, service)
+        if records_spans(provider):  # each statement a child span of the worker's
+            from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+            SQLAlchemyInstrumentor().instrument(engine=self.engine, tracer_provider=provider)
 
     def get_dependency(self, worker_ctx):
         db = ShopDatabaseWrapper(self.Session, self.engine)

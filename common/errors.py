@@ -161,3 +161,14 @@ def from_http_status(status, message=None, details=None):
     """The ShopError for a bare HTTP status (e.g. a werkzeug routing error)."""
     cls = _BY_STATUS.get(status, InternalError if status >= 500 else BadRequest)
     return cls(message, details)
+
+
+def outcome_of(exc):
+    """How a call ended, in one word shared by logs, metrics and traces: ``ok`` when
+    ``exc`` is None, the error code of a ShopError (``insufficient_stock``...), else
+    ``internal_error`` (a crash)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ShopError):
+        return exc.error
+    return "internal_error"

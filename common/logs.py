@@ -8,6 +8,8 @@
   where ``outcome`` is ``ok`` or the error code (``insufficient_stock``...). Unexpected
   errors are logged with their traceback by Nameko's container, once, in the service where
   they happen.
+* Inside a worker every line also carries the ``trace_id`` and ``span_id`` of its span
+  (:mod:`common.tracing`): the same trace id in every service for one request.
 * The request id comes from the gateway (``X-Request-ID``, or one it makes) and travels in
   Nameko's context data, so every service sees the same id for one HTTP request.
 """
@@ -18,7 +20,8 @@ import time
 from eventlet.corolocal import local
 from nameko.extensions import DependencyProvider
 
-from common.errors import ShopError
+from common.errors import outcome_of
+from common.tracing import trace_fields
 
 REQUEST_ID_KEY = "request_id"
 
@@ -42,6 +45,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             **current_worker_fields(),
+            **trace_fields(),
         }
         entry.update(
             (key, value) for key, value in vars(record).items() if key not in self.RESERVED
@@ -66,12 +70,7 @@ class WorkerLog(DependencyProvider):
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         exc = exc_info[1] if exc_info else None
-        if exc is None:
-            outcome = "ok"
-        elif isinstance(exc, ShopError):
-            outcome = exc.error
-        else:
-            outcome = "internal_error"
+        outcome = outcome_of(exc)
         started = getattr(_current, "started", time.monotonic())
         extra = {
             "event": "worker",

@@ -22,6 +22,7 @@ long as the alarm lasts; that thread finishes by itself once the alarm clears (i
 message may then still be delivered: a 504 never says the call did not happen).
 """
 import logging
+import time
 
 import eventlet
 from amqp.exceptions import AMQPError
@@ -31,6 +32,8 @@ from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy, rpc as nameko_rpc
 
 from common.broker import BrokerWatch
 from common.errors import GatewayTimeout, ServiceUnavailable, ShopError
+from common.metrics import observe_rpc_call
+from common.tracing import client_span, mark_outcome, provider_for
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,31 @@ class BoundedMethodProxy(MethodProxy):
         super().__init__(*args, **options)
 
     def __call__(self, *args, **kwargs):
+        """The call, bounded; counted (``shop_rpc_client_*``) and traced as a CLIENT span
+        whose context travels in the message's headers."""
+        caller = self.worker_ctx.service_name
+        provider = provider_for(self.container.config, caller)
+        started, failure = time.monotonic(), None
+        with client_span(provider, caller, self.service_name, self.method_name) as (span, headers):
+            self.trace_headers = headers
+            try:
+                return self._bounded_call(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+                raise
+            finally:
+                mark_outcome(span, failure)
+                observe_rpc_call(caller, self.service_name, self.method_name,
+                                 time.monotonic() - started, failure)
+
+    def get_message_headers(self, worker_ctx):
+        """nameko's headers (the caller's context data), this call's span as the parent."""
+        headers = super().get_message_headers(worker_ctx)
+        for key, value in getattr(self, "trace_headers", {}).items():
+            headers[self._get_header_name(key)] = value
+        return headers
+
+    def _bounded_call(self, *args, **kwargs):
         if self.broker_watch is not None and self.broker_watch.blocked:
             raise broker_blocked_error(self.service_name, self.broker_watch)
         deadline = eventlet.Timeout(self.timeout)

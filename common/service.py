@@ -3,15 +3,23 @@ from nameko.dependency_providers import Config
 
 from common.db import check_database
 from common.logs import WorkerLog
+from common.metrics import Metrics
+from common.ops_http import OpsHttp
 from common.rpc import rpc
+from common.tracing import Tracing
 
 
 class ShopService:
     """Base of customers, products and orders: their config, the one JSON log line per
-    worker, and the two probes. A subclass sets ``name`` and ``db``."""
+    worker, metrics and traces of every worker, the operations listener (``/health``,
+    ``/metrics`` on ``OPS_HTTP_ADDRESS``) and the two RPC probes. A subclass sets
+    ``name`` and ``db``."""
 
     config = Config()
     worker_log = WorkerLog()
+    metrics = Metrics()
+    tracing = Tracing()
+    ops_http = OpsHttp()
 
     @rpc
     def ping(self):

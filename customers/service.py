@@ -1,17 +1,18 @@
 """Customers service: RPC contracts over the customers database."""
 import logging
 
-from nameko.events import EventDispatcher
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 # Imported as a module: `nameko run` would take a class in this namespace for a service.
 from common import service as shop
 from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.metrics import CUSTOMERS_CREATED, IDEMPOTENT_REPLAYS
 from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import keyset_page, page_params
 from common.rpc import rpc
 from common.schemas import load
+from common.tracing import TracedEventDispatcher
 from customers.exceptions import CustomerNotFound, EmailAlreadyRegistered
 from customers.models import Base, Customer
 from customers.schemas import CreateCustomerSchema, CustomerSchema
@@ -25,7 +26,7 @@ class CustomersService(shop.ShopService):
     name = "customers"
 
     db = Database(Base)
-    dispatch = EventDispatcher()
+    dispatch = TracedEventDispatcher()
 
     @rpc
     def create_customer(self, payload, idempotency_key=None):
@@ -50,6 +51,7 @@ class CustomersService(shop.ShopService):
             except IntegrityError:
                 pass
             else:
+                CUSTOMERS_CREATED.inc()
                 self._announce(created)
                 return created
             with self.db.get_session() as session:
@@ -62,6 +64,7 @@ class CustomersService(shop.ShopService):
                         {"email": data["email"]},
                     )
                 ensure_same_request(key, first.request_fingerprint, request)
+                IDEMPOTENT_REPLAYS.labels(self.name).inc()
                 return customer_schema.dump(first)
 
     def _announce(self, customer):

@@ -50,6 +50,8 @@ from common.errors import (
     UnsupportedMediaType, from_http_status,
 )
 from common.logs import REQUEST_ID_KEY
+from common.metrics import HTTP_RESPONSES
+from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
 from gateway.auth import authorize, configured_tokens
 from gateway.protocol import (
@@ -62,6 +64,7 @@ DEFAULT_LISTEN_BACKLOG = 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 10.0
 DRAIN_IDLE_GRACE = 1.0  # seconds an open keep-alive connection gets to send one more request
+MAX_TRACE_HEADER_CHARS = 512  # a longer traceparent/tracestate is ignored, not forwarded
 BODY_KEY = "shop.body"
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -167,13 +170,16 @@ class JsonWsgiApp(WsgiApp):
     def __call__(self, environ, start_response):
         request = Request(environ, shallow=True)
         adapter = self.url_map.bind_to_environ(environ)
+        route = "unmatched"
         try:
             provider, values = adapter.match()
+            route = provider.method_name
             request.path_values = values
             response = provider.handle_request(request)
         except HTTPException as exc:
             response = error_response(routing_error(exc, environ))
             response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+        HTTP_RESPONSES.labels(route, str(response.status_code)).inc()
         return self._answer(response, environ, start_response)
 
     def _answer(self, response, environ, start_response):
@@ -283,8 +289,14 @@ class JsonWebServer(WebServer):
         return url_map
 
     def context_data_from_headers(self, request):
-        """The request id travels to every service in Nameko's context data."""
-        return {REQUEST_ID_KEY: request_id_of(request)}
+        """The request id travels to every service in Nameko's context data, and so does
+        the client's W3C ``traceparent``/``tracestate`` (its trace is continued)."""
+        data = {REQUEST_ID_KEY: request_id_of(request)}
+        for header in TRACE_HEADERS:
+            value = request.headers.get(header)
+            if value and len(value) <= MAX_TRACE_HEADER_CHARS:
+                data[header] = value
+        return data
 
     def stop(self):
         self.drain()

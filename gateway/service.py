@@ -11,10 +11,13 @@ from functools import partial
 from urllib.parse import urlencode
 
 from nameko.dependency_providers import Config
+from werkzeug.wrappers import Response
 
 import gateway.exceptions  # noqa: F401  (registers the services' errors)
 from common.logs import WorkerLog
+from common.metrics import Metrics, exposition
 from common.rpc import BoundedRpcProxy
+from common.tracing import Tracing
 from gateway import openapi
 from gateway.dependencies import ReadinessProbes
 from gateway.http import (
@@ -30,6 +33,8 @@ class GatewayService:
     products = BoundedRpcProxy("products")
     orders = BoundedRpcProxy("orders")
     worker_log = WorkerLog()
+    metrics = Metrics()
+    tracing = Tracing()
     readiness = ReadinessProbes(("customers", "products", "orders"))
 
     @unpooled_http("GET", "/health")
@@ -37,6 +42,13 @@ class GatewayService:
         """The gateway process is up and serving HTTP. Answered without a worker (so no
         busy or stuck worker delays it) and without calling anything."""
         return json_response({"status": "ok"})
+
+    @unpooled_http("GET", "/metrics")
+    def metrics_text(self, request):
+        """This gateway process's Prometheus metrics (common/metrics.py), text format.
+        Answered without a worker, like ``/health``: a scrape never waits for one."""
+        body, content_type = exposition()
+        return Response(body, status=200, headers={"Content-Type": content_type})
 
     @http("GET", "/ready")
     def ready(self, request):

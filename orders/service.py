@@ -31,6 +31,7 @@ from sqlalchemy.orm import defer
 # Imported as a module: `nameko run` would take a class in this namespace for a service.
 from common import service as shop
 from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.metrics import IDEMPOTENT_REPLAYS, ORDERS, ORDERS_RECOVERED, count_on_commit
 from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import DEFAULT_PAGE_MAX_LINES, budget_batches, budget_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 order_schema = OrderSchema()
 # list_orders loads and serializes a page this many lines at a time (see there).
 LOAD_BATCH_LINES = 500
+
+
+def settled_labels(order):
+    """``(status, reason)`` of ``shop_orders_total`` for an order that reached a final
+    status: the reason is the error code of a rejected or failed order, else empty."""
+    reason = (order.failure or {}).get("error", "") if order.status in (
+        OrderStatus.REJECTED, OrderStatus.FAILED) else ""
+    return order.status, reason
 
 
 def remember(session, customer_id):
@@ -112,13 +121,18 @@ class OrdersService(shop.ShopService):
                     )
                     session.add(order)
                     session.flush()  # the key was used before: IntegrityError, replay
-                if order.status == OrderStatus.PENDING:
+                was_pending = order.status == OrderStatus.PENDING
+                if was_pending:
                     reserved = flow.advance(
                         order, partial(self._check_customer, session), self.products
                     )
                     session.flush()
                 result = order_schema.dump(order), flow.outcome_error(order)
                 session.commit()
+                if was_pending and order.status != OrderStatus.PENDING:
+                    ORDERS.labels(*settled_labels(order)).inc()
+                elif replay and not was_pending:
+                    IDEMPOTENT_REPLAYS.labels(self.name).inc()
                 return result
             except IntegrityError:
                 session.rollback()
@@ -160,6 +174,7 @@ class OrdersService(shop.ShopService):
             self.products.release_stock(order.order_ref)
             order.status = OrderStatus.CANCELLED
             session.flush()
+            count_on_commit(session, ORDERS.labels(*settled_labels(order)))
             return order_schema.dump(order)
 
     @rpc
@@ -241,6 +256,8 @@ class OrdersService(shop.ShopService):
                 except Exception as exc:  # noqa: BLE001 - retried at the next tick
                     log.warning("recovery of order %s postponed: %s", order.id, exc)
                     return
+                count_on_commit(session, ORDERS.labels(*settled_labels(order)))
+                count_on_commit(session, ORDERS_RECOVERED.labels(order.status))
                 log.info("recovered order %s: %s", order.id, order.status)
 
     @event_handler("customers", "customer_created")

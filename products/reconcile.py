@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from common.metrics import HOLDS_RELEASED
 from products import stock
 from products.models import HoldStatus
 
@@ -137,7 +138,8 @@ def reconcile(get_session, order_states, settings, clock=time.monotonic):
             if state in ORDER_STATES_WITHOUT_STOCK:
                 log.warning("releasing stock held for order_ref %s (order %s)", ref,
                             state or "unknown")
-                stock.with_hold_retry(get_session, stock.release, ref)
+                stock.with_hold_retry(get_session, stock.release, ref, "reconciler")
+                HOLDS_RELEASED.inc()
                 tally.released += 1
             elif state != "confirmed":
                 tally.left += 1

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 # Imported as a module: `nameko run` would take a class in this namespace for a service.
 from common import service as shop
 from common.db import Database, database_errors_as_unavailable, is_valid_id
+from common.metrics import IDEMPOTENT_REPLAYS
 from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
@@ -63,6 +64,7 @@ class ProductsService(shop.ShopService):
                     select(Product).where(Product.idempotency_key == key)
                 ).one()
                 ensure_same_request(key, product.request_fingerprint, request)
+                IDEMPOTENT_REPLAYS.labels(self.name).inc()
                 return product_schema.dump(product)
 
     @rpc

@@ -25,6 +25,7 @@ from decimal import Decimal
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
+from common.metrics import STOCK_UNITS_RELEASED, STOCK_UNITS_RESERVED, count_on_commit
 from products.exceptions import InsufficientStock, OrderTotalTooLarge, ProductNotFound
 from products.models import HoldStatus, OrderHold, Product, Reservation
 
@@ -142,6 +143,7 @@ def reserve(session, order_ref, quantities):
         {"product_id": product_id, "quantity": quantity, "unit_price": products[product_id].price}
         for product_id, quantity in quantities.items()
     ]
+    count_on_commit(session, STOCK_UNITS_RESERVED, sum(quantities.values()))
     session.execute(TAKE_STOCK, {
         "order_ref": order_ref,
         "status": HoldStatus.RESERVED,
@@ -152,8 +154,10 @@ def reserve(session, order_ref, quantities):
     return wire_form(order_ref, HoldStatus.RESERVED, lines, products)
 
 
-def release(session, order_ref):
-    """Give back the stock held for ``order_ref`` and leave the hold ``released``.
+def release(session, order_ref, cause="release"):
+    """Give back the stock held for ``order_ref`` and leave the hold ``released``;
+    ``cause`` labels the units given back in ``shop_stock_units_released_total``
+    (``release``: an order cancelled or compensated; ``reconciler``).
 
     Idempotent: a second call changes nothing. For an ``order_ref`` with no hold, records
     a released hold with no lines (a fence, see the module docstring). Returns the hold.
@@ -171,6 +175,8 @@ def release(session, order_ref):
         for line in hold.lines:
             products[line.product_id].stock += line.quantity
         hold.status = HoldStatus.RELEASED
+        count_on_commit(session, STOCK_UNITS_RELEASED.labels(cause),
+                        sum(line.quantity for line in hold.lines))
     session.flush()
     return describe(hold, products)
 

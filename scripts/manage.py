@@ -47,9 +47,12 @@ def cmd_seed(args, config):
 
 
 def cmd_supervisor_conf(args, config):
+    """Write the supervisord configuration and the Prometheus scrape configuration."""
+    from scripts.prometheus_conf import write_prometheus_conf
     from scripts.supervisor import write_supervisor_conf
 
     path = write_supervisor_conf(config, args.run_dir)
+    write_prometheus_conf(config, args.run_dir)
     print(path)
 
 

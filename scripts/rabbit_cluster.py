@@ -49,6 +49,24 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def free_port_block(size=10, attempts=200):
+    """The first of ``size`` consecutive free ports of 127.0.0.1, a multiple of 10."""
+    for _ in range(attempts):
+        base = free_port() // 10 * 10
+        if base + size <= 65535 and all(_port_free(base + offset) for offset in range(size)):
+            return base
+    raise RuntimeError(f"no {size} consecutive free ports found")
+
+
+def _port_free(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def process_alive(pid):
     """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:

@@ -10,6 +10,12 @@ starts in the reverse order): the gateways first, all together (one group), each
 draining its connections (gateway/http.py); then orders, which calls the others; then
 products and customers. A drained gateway takes at most its longest call bound + 1 s, so
 no process reaches ``stopwaitsecs`` (SIGKILL) under a normal load.
+
+Each service process gets an operations listener of its own (``/health``, ``/metrics``,
+:mod:`common.ops_http`): process N of a service listens on ``OPS_HTTP_PORTS[service] + N``
+(the base a multiple of 10, so at most 10 processes per service) on ``OPS_HTTP_HOST``.
+:func:`metrics_targets` lists every process's metrics address, for Prometheus
+(scripts/prometheus_conf.py).
 """
 import os
 import sys
@@ -67,15 +73,55 @@ priority={priority}
 """
 
 
+DEFAULT_OPS_HOST = "127.0.0.1"
+MAX_PROCESSES = 10  # per service: the process number is the last digit of its ops port
+
+
+def ops_ports(config):
+    """``{service: [port of process 0, 1, ...]}`` of the operations listeners."""
+    bases = config.get("OPS_HTTP_PORTS") or {}
+    ports = {}
+    for service, processes in config["PROCESSES"].items():
+        base, count = int(bases[service]), int(processes)
+        if base % 10 or not 0 < count <= MAX_PROCESSES:
+            raise ValueError(
+                f"OPS_HTTP_PORTS[{service}]={base} must be a multiple of 10 and "
+                f"PROCESSES[{service}]={count} between 1 and {MAX_PROCESSES}"
+            )
+        ports[service] = [base + index for index in range(count)]
+    return ports
+
+
+def scrape_host(host):
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def metrics_targets(config):
+    """``{"gateway" | service: ["host:port", ...]}``: where each process serves
+    ``/metrics`` (a gateway on its own address, a service process on its ops port)."""
+    targets = {"gateway": []}
+    for address in config["GATEWAY_ADDRESSES"]:
+        host, port = str(address).rsplit(":", 1)
+        targets["gateway"].append(f"{scrape_host(host)}:{port}")
+    host = scrape_host(config.get("OPS_HTTP_HOST") or DEFAULT_OPS_HOST)
+    for service, ports in ops_ports(config).items():
+        targets[service] = [f"{host}:{port}" for port in ports]
+    return targets
+
+
 def render(config, run_dir):
     nameko = os.path.join(os.path.dirname(sys.executable), "nameko")
     common = {"nameko": nameko, "root": ROOT, "run": run_dir}
     parts = [HEADER.format(**common)]
-    for service, processes in config["PROCESSES"].items():
+    ops_host = config.get("OPS_HTTP_HOST") or DEFAULT_OPS_HOST
+    for service, ports in ops_ports(config).items():
+        # supervisord expands %(process_num)d: process N listens on base + N
+        ops_address = f"{ops_host}:{ports[0] // 10}%(process_num)d"
         parts.append(
             PROGRAM.format(
-                name=service, module=f"{service}.service", processes=int(processes),
-                extra_env="", priority=PRIORITY.get(service, 700),
+                name=service, module=f"{service}.service", processes=len(ports),
+                extra_env=f',OPS_HTTP_ADDRESS="{ops_address}"',
+                priority=PRIORITY.get(service, 700),
                 stopwaitsecs=STOP_WAIT_SECONDS, **common,
             )
         )

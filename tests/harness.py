@@ -19,8 +19,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
 from common.config import ROOT
-from scripts.rabbit_cluster import free_port, process_alive
-from scripts.supervisor import write_supervisor_conf
+from scripts.rabbit_cluster import free_port, free_port_block, process_alive
+from scripts.supervisor import metrics_targets, write_supervisor_conf
 
 START_TIMEOUT = 60
 
@@ -58,6 +58,9 @@ class Stack:
     """The stack under supervisord, configured exactly as `make up` configures it
     (scripts/supervisor.py), in a directory of its own: a process that dies is restarted.
     ``urls`` are the gateways' base URLs; processes are named ``products-0`` etc.
+    ``config`` holds what the configuration was written from (processes, gateway
+    addresses, operations ports); ``metrics_targets`` is every process's metrics address
+    by service (``gateway`` included).
     ``with Stack(...) as running:`` starts it and always stops it."""
 
     def __init__(self, env, run_dir, processes, gateways=3):
@@ -66,9 +69,13 @@ class Stack:
         self.counts = processes
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(gateways)]
         self.urls = [f"http://{address}" for address in self.addresses]
-        self.conf = write_supervisor_conf(
-            {"PROCESSES": processes, "GATEWAY_ADDRESSES": self.addresses}, run_dir
-        )
+        self.config = {
+            "PROCESSES": processes, "GATEWAY_ADDRESSES": self.addresses,
+            "OPS_HTTP_HOST": "127.0.0.1",
+            "OPS_HTTP_PORTS": {service: free_port_block() for service in processes},
+        }
+        self.metrics_targets = metrics_targets(self.config)
+        self.conf = write_supervisor_conf(self.config, run_dir)
         self.supervisord = None
 
     def ctl(self, *args):

@@ -1,0 +1,198 @@
+"""OpenTelemetry traces across the services: one order is one trace.
+
+There is no OpenTelemetry instrumentation for nameko 2.x (opentelemetry-instrumentation-
+nameko needs nameko 3); this module is the small one the shop needs, on
+``opentelemetry-api``/``-sdk``:
+
+* **Context** travels as W3C Trace Context (``traceparent``, ``tracestate``) in nameko's
+  context data, i.e. in the ``nameko.traceparent`` header of every RPC and event message.
+  The gateway takes it from the HTTP request's ``traceparent`` header (a client's trace
+  is continued) or starts a trace.
+* :class:`Tracing` (a dependency every service and the gateway declares) opens one span
+  per worker: ``SERVER`` for an RPC or HTTP route, ``CONSUMER`` for an event, a new trace
+  for a timer's tick; named ``<service>.<method>``, with the outcome (``ok`` or the error
+  code) as ``shop.outcome``; a crash or a 5xx error marks it as an error. The span is the
+  worker's current span, so log lines (:mod:`common.logs`) carry its ``trace_id`` and
+  ``span_id``.
+* :func:`client_span` (used by :mod:`common.rpc`) opens a ``CLIENT`` span per RPC made
+  and gives the headers that make the callee's span its child; a call that times out or
+  fails is an error span.
+* the SQL of each transaction is a child span (opentelemetry-instrumentation-sqlalchemy)
+  when spans are exported.
+
+Configuration (config.yml): ``TRACING_EXPORTER`` ``none`` (default: trace ids are made
+and propagated, for the logs, but no span is recorded or sent), ``otlp`` (OTLP over
+HTTP/protobuf to ``OTEL_EXPORTER_OTLP_ENDPOINT``, e.g. a collector or Jaeger, batched) or
+``console``; ``TRACING_SAMPLE_RATIO`` (0..1) of new traces recorded; a trace started by a
+caller keeps the caller's decision.
+
+One tracer provider per process (:func:`provider_for`), built from the first container's
+config; :func:`use_provider` injects another one (tests: an in-memory exporter).
+"""
+import contextlib
+
+from opentelemetry import context, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from nameko.events import EventDispatcher
+from nameko.extensions import DependencyProvider
+
+from common.errors import ShopError, outcome_of
+from common.metrics import entrypoint_kind  # one classification for metrics and traces
+
+EXPORTER_KEY = "TRACING_EXPORTER"
+SAMPLE_RATIO_KEY = "TRACING_SAMPLE_RATIO"
+EXPORTERS = ("none", "otlp", "console")
+TRACE_HEADERS = ("traceparent", "tracestate")  # the context data keys of W3C Trace Context
+
+propagator = TraceContextTextMapPropagator()
+_provider = None  # this process's TracerProvider
+
+
+def build_provider(config, service_name):
+    """A TracerProvider as config.yml says (module docstring)."""
+    exporter = str(config.get(EXPORTER_KEY) or "none").lower()
+    if exporter not in EXPORTERS:
+        raise ValueError(f"{EXPORTER_KEY} must be one of {EXPORTERS}, not {exporter!r}")
+    resource = Resource.create({"service.name": service_name, "service.namespace": "shop"})
+    if exporter == "none":
+        return TracerProvider(sampler=ALWAYS_OFF, resource=resource)
+    ratio = float(config.get(SAMPLE_RATIO_KEY, 1.0))
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)), resource=resource)
+    if exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    return provider
+
+
+def provider_for(config, service_name):
+    """This process's provider: the injected one, else built once from ``config``."""
+    global _provider
+    if _provider is None:
+        _provider = build_provider(config, service_name)
+    return _provider
+
+
+@contextlib.contextmanager
+def use_provider(provider):
+    """Make ``provider`` this process's provider for the block (containers set up inside
+    it use it)."""
+    global _provider
+    previous, _provider = _provider, provider
+    try:
+        yield provider
+    finally:
+        _provider = previous
+
+
+def records_spans(provider):
+    """True when spans of ``provider`` may be recorded (an exporter is configured)."""
+    return getattr(provider, "sampler", None) is not ALWAYS_OFF
+
+
+def trace_fields():
+    """``{"trace_id", "span_id"}`` of the current span, hex as in ``traceparent`` (empty
+    when there is none)."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    return {"trace_id": format(span_context.trace_id, "032x"),
+            "span_id": format(span_context.span_id, "016x")}
+
+
+def mark_outcome(span, exc):
+    """Record how a call ended on ``span``: ``shop.outcome``, and an error status for a
+    crash or a 5xx (a 4xx is the caller's mistake, not this span's failure)."""
+    span.set_attribute("shop.outcome", outcome_of(exc))
+    if exc is not None and (not isinstance(exc, ShopError) or exc.status >= 500):
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
+
+
+SPAN_KINDS = {"rpc": SpanKind.SERVER, "http": SpanKind.SERVER, "event": SpanKind.CONSUMER,
+              "timer": SpanKind.INTERNAL}
+
+
+class Tracing(DependencyProvider):
+    """One span per worker, current for the worker's whole run (module docstring)."""
+
+    def setup(self):
+        service = self.container.service_name
+        self.provider = provider_for(self.container.config, service)
+        self.tracer = self.provider.get_tracer(service)
+        self.active = {}  # worker_ctx -> (span, context token)
+
+    def worker_setup(self, worker_ctx):
+        kind = entrypoint_kind(worker_ctx.entrypoint)
+        parent = None if kind == "timer" else propagator.extract(worker_ctx.context_data)
+        span = self.tracer.start_span(
+            f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}",
+            context=parent, kind=SPAN_KINDS.get(kind, SpanKind.INTERNAL),
+            attributes={"rpc.system": "nameko", "rpc.service": worker_ctx.service_name,
+                        "rpc.method": worker_ctx.entrypoint.method_name, "shop.entrypoint": kind},
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        self.active[worker_ctx] = (span, token)
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        active = self.active.get(worker_ctx)
+        if active is not None:
+            mark_outcome(active[0], exc_info[1] if exc_info else None)
+
+    def worker_teardown(self, worker_ctx):
+        active = self.active.pop(worker_ctx, None)
+        if active is not None:
+            span, token = active
+            span.end()
+            context.detach(token)
+
+    def get_dependency(self, worker_ctx):
+        return None
+
+
+@contextlib.contextmanager
+def client_span(provider, caller, target, method):
+    """A ``CLIENT`` span for one RPC to ``target.method``, child of the current span;
+    yields ``(span, headers)`` where ``headers`` are the context data entries that make the
+    callee's span a child of this one."""
+    tracer = provider.get_tracer(caller)
+    with tracer.start_as_current_span(
+        f"{target}.{method}", kind=SpanKind.CLIENT, record_exception=False,
+        set_status_on_exception=False,
+        attributes={"rpc.system": "nameko", "rpc.service": target, "rpc.method": method},
+    ) as span:
+        headers = {}
+        propagator.inject(headers)
+        yield span, headers
+
+
+def current_headers():
+    """The W3C Trace Context entries of the current span (for a message sent outside an
+    RPC, e.g. an event)."""
+    headers = {}
+    propagator.inject(headers)
+    return headers
+
+
+class TracedEventDispatcher(EventDispatcher):
+    """nameko's ``EventDispatcher`` whose events carry the dispatching worker's span as
+    their parent (nameko computes the headers before the worker's span exists)."""
+
+    def get_dependency(self, worker_ctx):
+        def dispatch(event_type, event_data):
+            headers = self.get_message_headers(worker_ctx)
+            headers.update((self._get_header_name(key), value)
+                           for key, value in current_headers().items())
+            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
+                                   extra_headers=headers)
+
+        return dispatch
