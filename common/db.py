@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import ServiceUnavailable
 from common.metrics import watch_pool
-from common.tracing import provider_for, records_spans
+from common.tracing import provider_for, records_spans, trace_statements
 
 DEFAULT_LOCK_TIMEOUT_MS = 3000
 DEFAULT_STATEMENT_TIMEOUT_MS = 4000
@@ -140,9 +140,7 @@ class Database(NamekoDatabase):
         watch_pool(service, self.engine)
         provider = provider_for(config, service)
         if records_spans(provider):  # each statement a child span of the worker's
-            from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
-            SQLAlchemyInstrumentor().instrument(engine=self.engine, tracer_provider=provider)
+            trace_statements(self.engine, provider, service)
 
     def get_dependency(self, worker_ctx):
         db = ShopDatabaseWrapper(self.Session, self.engine)

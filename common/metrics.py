@@ -15,7 +15,7 @@ pool or the shop's own events. What it would save is the one dependency below.
 
 The metrics (``service`` is the nameko service name; ``outcome`` is ``ok``, the error
 code of a :class:`common.errors.ShopError` such as ``insufficient_stock`` or
-``gateway_timeout``, or ``internal_error`` for a crash: the same word the worker's log
+``timeout``, or ``internal_error`` for a crash: the same word the worker's log
 line carries):
 
 * ``shop_entrypoint_calls_total{service,entrypoint,kind,outcome}`` and
@@ -24,7 +24,7 @@ line carries):
 * ``shop_workers_in_flight{service}`` against ``shop_workers_max{service}``;
 * ``shop_rpc_client_calls_total{service,target,method,outcome}`` and
   ``shop_rpc_client_duration_seconds{service,target,method}``: every RPC a process makes
-  (``outcome`` ``service_unavailable`` is a 503, ``gateway_timeout`` a 504);
+  (``outcome`` ``service_unavailable`` is a 503, ``timeout`` a 504);
 * ``shop_http_responses_total{route,status}``: every answer of a gateway, including those
   no worker made (404 routing, 401, 413, 499...);
 * ``shop_db_pool_connections{service,state}`` (``checked_out``, ``size``) and

@@ -159,6 +159,19 @@ class Tracing(DependencyProvider):
         return None
 
 
+def trace_statements(engine, provider, service_name):
+    """Each statement run on ``engine`` becomes a child span of the current one
+    (opentelemetry-instrumentation-sqlalchemy's engine tracer, bound to this engine only:
+    its instrumentor would also patch ``sqlalchemy.create_engine`` process-wide and
+    instruments only once per process)."""
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    usage = NoOpMeterProvider().get_meter(__name__).create_up_down_counter(
+        "db.client.connections.usage")  # pool usage is a Prometheus metric here already
+    return EngineTracer(provider.get_tracer(service_name), engine, usage)
+
+
 @contextlib.contextmanager
 def client_span(provider, caller, target, method):
     """A ``CLIENT`` span for one RPC to ``target.method``, child of the current span;
