@@ -9,6 +9,9 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from common.errors import ServiceUnavailable
 
 from customers.service import CustomersService
 from orders.service import OrdersService
@@ -123,3 +126,21 @@ def test_a_service_serves_its_metrics_and_health_on_its_operations_listener(shop
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     wrong = requests.post(f"{ops}/metrics", timeout=5)
     assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET, HEAD"
+
+
+def test_a_lock_timeout_is_counted_as_a_database_error(runner_factory, service_config, db_engines):
+    """A worker that waits on a row lock past DB_LOCK_TIMEOUT_MS answers 503 and the
+    products process counts one ``lock_timeout``."""
+    config = {**service_config, "DB_LOCK_TIMEOUT_MS": 200, "HOLD_CHECK_INTERVAL": 0}
+    runner_factory(config, ProductsService).start()
+    labels = {"service": "products", "reason": "lock_timeout"}
+    before = sample("shop_db_errors_total", **labels)
+    with ClusterRpcProxy(config, timeout=30) as rpc:
+        product = rpc.products.create_product({"name": "p", "price": "1", "stock": 5})
+        with db_engines["products"].connect() as holder, holder.begin():
+            holder.execute(text("SELECT 1 FROM products WHERE id = :id FOR UPDATE"),
+                           {"id": product["id"]})
+            with pytest.raises(ServiceUnavailable) as raised:
+                rpc.products.reserve_stock("ref-1", [{"id": product["id"], "quantity": 1}])
+    assert raised.value.details["pgcode"] == "55P03"
+    assert sample("shop_db_errors_total", **labels) - before == 1

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from common.errors import GatewayTimeout
 from common.logs import JsonFormatter
-from common.tracing import Tracing, use_provider
+from common.tracing import Tracing, build_provider, propagator, records_spans, use_provider
 from customers.service import CustomersService
 from gateway.service import GatewayService
 from orders.service import OrdersService
@@ -52,12 +52,13 @@ def worker_lines():
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("shop.worker")
     logger.addHandler(handler)
-    previous_level, logger.level = logger.level, logging.INFO
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not .level: it clears the loggers' caches
     try:
         yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     finally:
         logger.removeHandler(handler)
-        logger.level = previous_level
+        logger.setLevel(previous_level)
 
 
 @pytest.fixture
@@ -71,15 +72,22 @@ def shop(spans, runner_factory, service_config):
     return f"http://{address}"
 
 
-def finished_spans(exporter, *names):
-    """The finished spans once every span in ``names`` has ended: a worker's span ends
-    after its reply is sent, so a moment after its caller has the answer."""
+def finished_spans(exporter, *wanted):
+    """The finished spans once every ``(name, kind, service)`` in ``wanted`` has ended: a
+    worker's span ends after its reply is sent, so a moment after its caller has the
+    answer."""
     for _ in range(200):
         finished = exporter.get_finished_spans()
-        if set(names) <= {span.name for span in finished}:
+        ended = {(span.name, span.kind, span.instrumentation_scope.name) for span in finished}
+        if set(wanted) <= ended:
             return finished
         eventlet.sleep(0.025)
-    raise AssertionError(f"spans {names} never ended: {[span.name for span in finished]}")
+    raise AssertionError(f"spans {wanted} never ended: {[span.name for span in finished]}")
+
+
+def server(name):
+    """``(name, SERVER, service)`` of the worker span ``<service>.<method>``."""
+    return name, SpanKind.SERVER, name.split(".", 1)[0]
 
 
 def hex_id(value, digits):
@@ -115,7 +123,8 @@ def test_one_order_over_http_is_one_trace_across_the_services(shop, spans, worke
                              timeout=10).json()
     product = requests.post(f"{shop}/api/products", json={"name": "p", "price": "2", "stock": 5},
                             timeout=10).json()
-    finished_spans(spans, "gateway.create_product", "products.create_product")
+    finished_spans(spans, server("gateway.create_product"), server("products.create_product"),
+                   ("orders.remember_customer", SpanKind.CONSUMER, "orders"))  # the event
     spans.clear()
 
     answer = requests.post(
@@ -125,8 +134,8 @@ def test_one_order_over_http_is_one_trace_across_the_services(shop, spans, worke
     )
     assert answer.status_code == 201, answer.text
 
-    finished = finished_spans(spans, "gateway.create_order", "orders.create_order",
-                              "products.reserve_stock")
+    finished = finished_spans(spans, server("gateway.create_order"), server("orders.create_order"),
+                              server("products.reserve_stock"))
     index = by_id(finished)
     gateway = one(finished, "gateway.create_order", SpanKind.SERVER, "gateway")
     to_orders = one(finished, "orders.create_order", SpanKind.CLIENT, "gateway")
@@ -171,8 +180,9 @@ def test_a_trace_starts_at_the_gateway_and_follows_events(shop, spans):
                            timeout=10)
     assert answer.status_code == 201
 
-    finished = finished_spans(spans, "gateway.create_customer", "customers.create_customer",
-                              "orders.remember_customer")
+    finished = finished_spans(spans, server("gateway.create_customer"),
+                              server("customers.create_customer"),
+                              ("orders.remember_customer", SpanKind.CONSUMER, "orders"))
     index = by_id(finished)
     gateway = one(finished, "gateway.create_customer", SpanKind.SERVER, "gateway")
     customers = one(finished, "customers.create_customer", SpanKind.SERVER, "customers")
@@ -198,10 +208,27 @@ def test_a_timed_out_call_is_an_error_span(spans, container_factory, rabbit_conf
     with entrypoint_hook(caller, "call_slow") as call_slow:
         with pytest.raises(GatewayTimeout):
             call_slow(3)
-    finished = finished_spans(spans, "caller.call_slow")
+    finished = finished_spans(spans, server("caller.call_slow"))
     client = one(finished, "slow.wait", SpanKind.CLIENT, "caller")
     assert client.status.status_code == StatusCode.ERROR
     assert client.attributes["shop.outcome"] == "timeout"
     worker = one(finished, "caller.call_slow", SpanKind.SERVER, "caller")
     assert worker.status.status_code == StatusCode.ERROR
     assert parent_of(client, by_id(finished)) is worker
+
+
+def test_the_exporter_and_the_sampling_ratio_come_from_the_config():
+    none = build_provider({"TRACING_EXPORTER": "none"}, "orders")
+    span = none.get_tracer("orders").start_span("x")
+    assert not span.is_recording() and span.get_span_context().is_valid  # ids for the logs
+    assert not records_spans(none)
+
+    never = build_provider({"TRACING_EXPORTER": "console", "TRACING_SAMPLE_RATIO": 0}, "orders")
+    assert records_spans(never)
+    tracer = never.get_tracer("orders")
+    assert not tracer.start_span("new trace").is_recording()
+    sampled_parent = propagator.extract({"traceparent": f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"})
+    assert tracer.start_span("continued", context=sampled_parent).is_recording()
+
+    with pytest.raises(ValueError, match="TRACING_EXPORTER"):
+        build_provider({"TRACING_EXPORTER": "jaeger-thrift"}, "orders")
