@@ -29,7 +29,8 @@ line carries):
   no worker made (404 routing, 401, 413, 499...);
 * ``shop_db_pool_connections{service,state}`` (``checked_out``, ``size``) and
   ``shop_db_errors_total{service,reason}`` (``lock_timeout``, ``statement_timeout``,
-  ``idle_in_transaction_timeout``, ``connection``, ``other``);
+  ``idle_in_transaction_timeout``, ``connection``: PostgreSQL unreachable, restarting or
+  refusing connections; a constraint violation is an answer, not counted);
 * the shop: ``shop_orders_total{status,reason}`` (final status reached: ``confirmed``,
   ``rejected`` with the error code as ``reason``, ``failed``, ``cancelled``),
   ``shop_stock_units_reserved_total``, ``shop_stock_units_released_total{cause}``
@@ -125,7 +126,9 @@ def entrypoint_kind(entrypoint):
 
 
 def db_error_reason(exc):
-    """The ``reason`` label of a database error (a DBAPI error or SQLAlchemy's wrapper)."""
+    """The ``reason`` label of a database error, or None for an error that is an answer,
+    not a failure (a unique violation is how an idempotent replay finds its first
+    outcome; a check violation is a refused write)."""
     original = getattr(exc, "orig", None) or exc
     reason = PGCODE_REASONS.get(getattr(original, "pgcode", None))
     if reason:
@@ -134,7 +137,7 @@ def db_error_reason(exc):
         "OperationalError", "InterfaceError",
     ):
         return "connection"
-    return "other"
+    return None
 
 
 def exposition():
@@ -184,7 +187,9 @@ def watch_pool(service, engine):
 
     @event.listens_for(engine, "handle_error")
     def count_error(context):
-        DB_ERRORS.labels(service, db_error_reason(context.original_exception)).inc()
+        reason = db_error_reason(context.original_exception)
+        if reason is not None:
+            DB_ERRORS.labels(service, reason).inc()
 
 
 def count_on_commit(session, counter, amount=1):

@@ -2,7 +2,8 @@
 
 ``make up`` writes ``.run/prometheus.yml``: one job, ``shop``, whose targets are every
 process's ``/metrics`` address (scripts/supervisor.py :func:`metrics_targets`), each
-labelled with its ``service`` (``gateway``, ``customers``, ``products``, ``orders``).
+labelled with its ``service`` (``gateway``, ``customers``, ``products``, ``orders``), the
+same value as the ``service`` label the processes put on their own metrics.
 Run a Prometheus on it with::
 
     prometheus --config.file=.run/prometheus.yml --storage.tsdb.path=.run/prometheus
@@ -24,6 +25,9 @@ def render(config, scrape_interval=DEFAULT_SCRAPE_INTERVAL):
         "scrape_configs": [{
             "job_name": "shop",
             "metrics_path": "/metrics",
+            # the processes' own `service` label (RPC and worker metrics carry it) is the
+            # target's: keep it, rather than get it renamed `exported_service`
+            "honor_labels": True,
             "static_configs": [
                 {"targets": targets, "labels": {"service": service}}
                 for service, targets in metrics_targets(config).items()
