@@ -49,6 +49,7 @@ from nameko.rpc import Rpc
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 from prometheus_client import (
     CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, disable_created_metrics,
     generate_latest,
@@ -154,6 +155,7 @@ class Metrics(DependencyProvider):
         WORKERS_MAX.labels(service).set(self.container.max_workers)
         self.in_flight = WORKERS_IN_FLIGHT.labels(service)
         self.started = {}  # worker_ctx -> monotonic start
+        self.children = {}  # (entrypoint, outcome) -> (calls counter, duration histogram)
 
     def worker_setup(self, worker_ctx):
         self.in_flight.inc()
@@ -162,10 +164,16 @@ class Metrics(DependencyProvider):
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         started = self.started.pop(worker_ctx, None)
         entrypoint = worker_ctx.entrypoint
-        labels = (worker_ctx.service_name, entrypoint.method_name, entrypoint_kind(entrypoint))
-        ENTRYPOINT_CALLS.labels(*labels, outcome_of(exc_info[1] if exc_info else None)).inc()
+        outcome = outcome_of(exc_info[1] if exc_info else None)
+        key = (entrypoint, outcome)
+        if key not in self.children:  # labels() costs a lock and a dict per call: once each
+            labels = (worker_ctx.service_name, entrypoint.method_name, entrypoint_kind(entrypoint))
+            self.children[key] = (ENTRYPOINT_CALLS.labels(*labels, outcome),
+                                  ENTRYPOINT_DURATION.labels(*labels))
+        calls, duration = self.children[key]
+        calls.inc()
         if started is not None:
-            ENTRYPOINT_DURATION.labels(*labels).observe(time.monotonic() - started)
+            duration.observe(time.monotonic() - started)
 
     def worker_teardown(self, worker_ctx):
         self.started.pop(worker_ctx, None)
@@ -192,20 +200,22 @@ def watch_pool(service, engine):
             DB_ERRORS.labels(service, reason).inc()
 
 
+PENDING_COUNTS_KEY = "shop.metrics.pending"  # in Session.info: increments awaiting a commit
+
+
 def count_on_commit(session, counter, amount=1):
     """Add ``amount`` to ``counter`` when ``session``'s transaction commits; nothing if it
     rolls back. A change is counted once, when it is durable."""
-    if not amount:
-        return
-    state = {"done": False}
+    if amount:
+        session.info.setdefault(PENDING_COUNTS_KEY, []).append((counter, amount))
 
-    def committed(_session):
-        if not state["done"]:
-            state["done"] = True
-            counter.inc(amount)
 
-    def rolled_back(_session):
-        state["done"] = True  # this change is gone: a later commit of the session is another
+@event.listens_for(Session, "after_commit")
+def _count_committed(session):
+    for counter, amount in session.info.pop(PENDING_COUNTS_KEY, ()):
+        counter.inc(amount)
 
-    event.listen(session, "after_commit", committed, once=True)
-    event.listen(session, "after_rollback", rolled_back, once=True)
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session):
+    session.info.pop(PENDING_COUNTS_KEY, None)

@@ -30,6 +30,7 @@ One tracer provider per process (:func:`provider_for`), built from the first con
 config; :func:`use_provider` injects another one (tests: an in-memory exporter).
 """
 import contextlib
+import functools
 
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
@@ -172,12 +173,18 @@ def trace_statements(engine, provider, service_name):
     return EngineTracer(provider.get_tracer(service_name), engine, usage)
 
 
+@functools.lru_cache(maxsize=64)
+def tracer_of(provider, name):
+    """``provider.get_tracer(name)``, made once (the SDK builds a new tracer per call)."""
+    return provider.get_tracer(name)
+
+
 @contextlib.contextmanager
 def client_span(provider, caller, target, method):
     """A ``CLIENT`` span for one RPC to ``target.method``, child of the current span;
     yields ``(span, headers)`` where ``headers`` are the context data entries that make the
     callee's span a child of this one."""
-    tracer = provider.get_tracer(caller)
+    tracer = tracer_of(provider, caller)
     with tracer.start_as_current_span(
         f"{target}.{method}", kind=SpanKind.CLIENT, record_exception=False,
         set_status_on_exception=False,
