@@ -38,10 +38,12 @@ RECONNECT_DELAY = 1.0
 class BrokerWatch(SharedExtension):
     """See the module docstring. ``blocked`` is False until the broker says otherwise,
     and again as soon as the watch's connection is lost (a broker that restarted is not
-    blocking anyone)."""
+    blocking anyone). ``connected`` is True while the watch's connection is up: the
+    broker is reachable from this process."""
 
     def __init__(self):
         super().__init__()
+        self.connected = False  # the watch's own connection is up (the broker answers)
         self.blocked = False
         self.reason = None
         self._connection = None
@@ -88,6 +90,7 @@ class BrokerWatch(SharedExtension):
         )
         self._connection.ensure_connection(max_retries=1)
         channel = self._connection.default_channel
+        self.connected = True
         probe = Message(b"", delivery_mode=1)
         while True:
             if not self.blocked:
@@ -98,6 +101,7 @@ class BrokerWatch(SharedExtension):
                 pass
 
     def _close(self):
+        self.connected = False
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.collect()  # no closing handshake: the broker may not be reading

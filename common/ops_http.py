@@ -4,6 +4,11 @@
 or orders process answers:
 
 * ``GET /health``: ``200 {"status": "ok"}`` while the process serves (liveness);
+* ``GET /ready``: ``200 {"status": "ready", "checks": {"rabbitmq": {"status": "ok"},
+  "database": {"status": "ok"}}}`` when the broker is reachable and not blocking
+  publishers (:class:`common.broker.BrokerWatch`) and the service's database answers
+  ``SELECT 1``; else 503 with ``"status": "not_ready"`` and what failed. Each check is
+  bounded by ``READY_TIMEOUT`` (2 s);
 * ``GET /metrics``: its Prometheus metrics (:mod:`common.metrics`).
 
 Answers are made in the connection's green thread, never by a nameko worker, so a
@@ -18,10 +23,15 @@ import eventlet
 from eventlet import wsgi
 from nameko.extensions import DependencyProvider
 
+from common.broker import BrokerWatch
+from common.db import Database, ShopDatabaseWrapper, check_database
+from common.errors import ShopError
 from common.metrics import exposition
+from common.rpc import broker_status
 
 OPS_HTTP_ADDRESS_KEY = "OPS_HTTP_ADDRESS"
 SOCKET_TIMEOUT = 10.0  # seconds a scrape may stay silent before its connection is closed
+DEFAULT_READY_TIMEOUT = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +48,9 @@ def _json(start_response, status, body, headers=()):
     return [payload]
 
 
-def ops_app(environ, start_response):
-    """The WSGI application of the listener (module docstring)."""
+def route(routes, environ, start_response):
+    """Answer with ``routes[path](start_response)``; JSON 404 / 405 otherwise."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
-    routes = {"/health": _health, "/metrics": _metrics}
     if path not in routes:
         return _json(start_response, "404 Not Found",
                      {"error": "not_found", "message": f"no route for {path}", "details": {}})
@@ -65,18 +74,55 @@ def _metrics(start_response):
 class OpsHttp(DependencyProvider):
     """Runs the listener for the life of the container (nothing for workers)."""
 
+    broker_watch = BrokerWatch()
+
     def setup(self):
-        address = self.container.config.get(OPS_HTTP_ADDRESS_KEY)
+        config = self.container.config
+        address = config.get(OPS_HTTP_ADDRESS_KEY)
         self.address = parse_address(address) if address else None
+        self.ready_timeout = float(config.get("READY_TIMEOUT", DEFAULT_READY_TIMEOUT))
         self.sock = None
         self.server_thread = None
+        self.routes = {"/health": _health, "/ready": self._ready, "/metrics": _metrics}
+
+    def app(self, environ, start_response):
+        """The WSGI application of the listener (module docstring)."""
+        return route(self.routes, environ, start_response)
+
+    def _ready(self, start_response):
+        checks = {"rabbitmq": broker_status(self.broker_watch), "database": self._database()}
+        if not self.broker_watch.connected:
+            checks["rabbitmq"] = {"status": "service_unavailable", "reason": "broker"}
+        ready = all(check["status"] == "ok" for check in checks.values())
+        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        return _json(start_response, "200 OK" if ready else "503 Service Unavailable", body)
+
+    def _database(self):
+        """``{"status": "ok"}`` if the service's database answers within the bound."""
+        databases = [ext for ext in self.container.dependencies if isinstance(ext, Database)]
+        if not databases:
+            return {"status": "ok", "database": "none"}
+        db = ShopDatabaseWrapper(databases[0].Session, databases[0].engine)
+        try:
+            with eventlet.Timeout(self.ready_timeout):
+                check_database(db)
+            return {"status": "ok"}
+        except eventlet.Timeout:
+            return {"status": "timeout", "message": f"no answer within {self.ready_timeout:g}s"}
+        except ShopError as exc:
+            return {"status": exc.error, "message": exc.message, "reason": "database"}
+        except Exception as exc:  # noqa: BLE001 - e.g. no pooled connection free in time
+            return {"status": "service_unavailable", "message": type(exc).__name__,
+                    "reason": "database"}
+        finally:
+            db.close()
 
     def start(self):
         if self.address is None:
             return
         self.sock = eventlet.listen(self.address, backlog=128)
         self.server_thread = eventlet.spawn(
-            wsgi.server, self.sock, ops_app, log=log, log_output=False,
+            wsgi.server, self.sock, self.app, log=log, log_output=False,
             socket_timeout=SOCKET_TIMEOUT, debug=False,
         )
 
