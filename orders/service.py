@@ -128,11 +128,14 @@ class OrdersService(shop.ShopService):
                     )
                     session.flush()
                 result = order_schema.dump(order), flow.outcome_error(order)
+                # read before the commit: afterwards the ORM would reload the row (and
+                # leave a transaction open, rolled back at teardown)
+                settled = was_pending and order.status != OrderStatus.PENDING
+                counted = ORDERS.labels(*settled_labels(order)) if settled else (
+                    IDEMPOTENT_REPLAYS.labels(self.name) if replay and not was_pending else None)
                 session.commit()
-                if was_pending and order.status != OrderStatus.PENDING:
-                    ORDERS.labels(*settled_labels(order)).inc()
-                elif replay and not was_pending:
-                    IDEMPOTENT_REPLAYS.labels(self.name).inc()
+                if counted is not None:
+                    counted.inc()
                 return result
             except IntegrityError:
                 session.rollback()
