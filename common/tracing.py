@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from nameko.events import EventDispatcher
@@ -54,6 +55,21 @@ EXPORTERS = ("none", "otlp", "console")
 TRACE_HEADERS = ("traceparent", "tracestate")  # the context data keys of W3C Trace Context
 
 propagator = TraceContextTextMapPropagator()
+
+
+class ContextDataGetter(Getter):
+    """Reads W3C headers from nameko's context data (a plain dict), without the default
+    getter's per-call type checks."""
+
+    def get(self, carrier, key):
+        value = carrier.get(key)
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier):
+        return list(carrier)
+
+
+context_data_getter = ContextDataGetter()
 _provider = None  # this process's TracerProvider
 
 
@@ -134,7 +150,8 @@ class Tracing(DependencyProvider):
 
     def worker_setup(self, worker_ctx):
         kind = entrypoint_kind(worker_ctx.entrypoint)
-        parent = None if kind == "timer" else propagator.extract(worker_ctx.context_data)
+        parent = None if kind == "timer" else propagator.extract(
+            worker_ctx.context_data, getter=context_data_getter)
         span = self.tracer.start_span(
             f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}",
             context=parent, kind=SPAN_KINDS.get(kind, SpanKind.INTERNAL),
