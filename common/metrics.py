@@ -31,6 +31,12 @@ line carries):
   ``shop_db_errors_total{service,reason}`` (``lock_timeout``, ``statement_timeout``,
   ``idle_in_transaction_timeout``, ``connection``: PostgreSQL unreachable, restarting or
   refusing connections; a constraint violation is an answer, not counted);
+* ``shop_db_reads_total{service,source}``: reads a read replica may serve (products'
+  ``get_product``, ``list_products``) by where they were answered: ``replica``,
+  ``primary`` (no replica configured, or it rests after a failure), ``fallback_miss``
+  (the replica lacked the row or the page's end: replica lag) or ``fallback_error`` (it
+  failed or timed out), and ``shop_db_replica_up{service}`` (1: reads go to the replica,
+  0: it rests after a failure; only with a replica configured; :mod:`common.replica`);
 * the shop: ``shop_orders_total{status,reason}`` (final status reached: ``confirmed``,
   ``rejected`` with the error code as ``reason``, ``failed``, ``cancelled``),
   ``shop_stock_units_reserved_total``, ``shop_stock_units_released_total{cause}``
@@ -41,6 +47,7 @@ line carries):
 Each shop counter counts a committed change once: a replayed or redelivered call that
 changes nothing counts as a replay, not again.
 """
+import functools
 import time
 
 from nameko.events import EventHandler
@@ -91,6 +98,14 @@ DB_POOL_CONNECTIONS = Gauge(
 )
 DB_ERRORS = Counter(
     "shop_db_errors", "Database errors seen by the driver, by reason.", ["service", "reason"],
+)
+DB_READS = Counter(
+    "shop_db_reads", "Reads a read replica may serve, by where they were answered.",
+    ["service", "source"],
+)
+DB_REPLICA_UP = Gauge(
+    "shop_db_replica_up", "1 while reads go to the read replica, 0 while it rests after a "
+    "failure.", ["service"],
 )
 
 ORDERS = Counter("shop_orders", "Orders that reached a final status.", ["status", "reason"])
@@ -180,10 +195,17 @@ class Metrics(DependencyProvider):
         self.in_flight.dec()
 
 
+@functools.lru_cache(maxsize=4096)
+def child(metric, *labels):
+    """``metric.labels(*labels)``, looked up once (``labels()`` takes a lock and builds
+    a key on every call; a label set here is a handful of names, never a value)."""
+    return metric.labels(*labels)
+
+
 def observe_rpc_call(service, target, method, seconds, exc=None):
     """Count one RPC made by ``service`` to ``target.method``."""
-    RPC_CLIENT_CALLS.labels(service, target, method, outcome_of(exc)).inc()
-    RPC_CLIENT_DURATION.labels(service, target, method).observe(seconds)
+    child(RPC_CLIENT_CALLS, service, target, method, outcome_of(exc)).inc()
+    child(RPC_CLIENT_DURATION, service, target, method).observe(seconds)
 
 
 def watch_pool(service, engine):

@@ -50,7 +50,7 @@ from common.errors import (
     UnsupportedMediaType, from_http_status,
 )
 from common.logs import REQUEST_ID_KEY
-from common.metrics import HTTP_RESPONSES
+from common.metrics import HTTP_RESPONSES, child
 from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
 from gateway.auth import authorize, configured_tokens
@@ -179,7 +179,7 @@ class JsonWsgiApp(WsgiApp):
         except HTTPException as exc:
             response = error_response(routing_error(exc, environ))
             response.headers[REQUEST_ID_HEADER] = request_id_of(request)
-        HTTP_RESPONSES.labels(route, str(response.status_code)).inc()
+        child(HTTP_RESPONSES, route, str(response.status_code)).inc()
         return self._answer(response, environ, start_response)
 
     def _answer(self, response, environ, start_response):
