@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile cluster-up cluster-down cluster-status
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -44,8 +44,9 @@ down:  ## stop everything `make up` started
 
 restart: down up
 
-ps:  ## process status
+ps:  ## process status, and each process's HTTP address (probes, metrics)
 	@$(SUPERVISORCTL) status || true
+	@$(MANAGE) ports
 
 logs:  ## follow every process's log
 	tail -n 20 -F $(RUN)/logs/*.log
@@ -76,6 +77,15 @@ cluster-down:  ## stop exactly the cluster-up nodes (never the default broker on
 
 cluster-status:  ## nodes, members and the leader of each quorum queue
 	@$(PYTHON) scripts/rabbit_cluster.py status
+
+replica-up:  ## a PostgreSQL primary (5440) and streaming read replica (5441) under .run/pg-replica; prints the URIs for `make up`
+	@$(PYTHON) scripts/pg_replica.py up
+
+replica-down:  ## stop exactly the replica-up servers, by pid (never the default cluster on 5432)
+	@$(PYTHON) scripts/pg_replica.py down
+
+replica-status:  ## the pair's servers, replication state and replay lag
+	@$(PYTHON) scripts/pg_replica.py status
 
 shell: build  ## interactive RPC: n.rpc.products.get_product(1)
 	$(BIN)/nameko shell --config config.yml

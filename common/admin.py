@@ -3,7 +3,10 @@ import os
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from common.config import ROOT
@@ -55,3 +58,30 @@ def alembic_config(service, uri=None):
 def migrate(service, uri=None, revision="head"):
     """Alembic upgrade of ``service``'s database (``uri`` defaults to config.yml's)."""
     command.upgrade(alembic_config(service, uri), revision)
+
+
+def compare_heads(script, current):
+    """Where a database stands against this code's migrations: ``"current"`` (at the
+    head), ``"behind"`` (a migration of this code is still to run) or ``"ahead"`` (it
+    carries a revision this code does not know: newer code migrated it, and this is a
+    rollback, which expand-then-contract migrations allow). ``script`` is an Alembic
+    ``ScriptDirectory``, ``current`` the database's revisions (empty: never migrated)."""
+    current = set(current)
+    for revision in current:
+        try:
+            script.get_revision(revision)
+        except CommandError:  # alembic.util.CommandError: no such revision in this code
+            return "ahead"
+    return "current" if current == set(script.get_heads()) else "behind"
+
+
+def schema_state(service, uri):
+    """:func:`compare_heads` for ``service``'s database at ``uri`` (reads, never writes)."""
+    script = ScriptDirectory.from_config(alembic_config(service, uri))
+    engine = create_engine(uri, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+    finally:
+        engine.dispose()
+    return compare_heads(script, current)

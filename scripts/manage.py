@@ -36,6 +36,11 @@ def cmd_setup(args, config):
 
 def cmd_migrate(args, config):
     for service, uri in database_uris(config).items():
+        if args.allow_ahead and admin.schema_state(service, uri) == "ahead":
+            # Newer code migrated it: this is a rollback, and expand-then-contract
+            # migrations let older code run on the newer schema (docs/DEPLOY.md).
+            print(f"{service}: migrated by newer code, left as it is")
+            continue
         admin.migrate(service, uri)
         print(f"{service}: migrated to head")
 
@@ -54,6 +59,40 @@ def cmd_supervisor_conf(args, config):
     path = write_supervisor_conf(config, args.run_dir)
     write_prometheus_conf(config, args.run_dir)
     print(path)
+
+
+def cmd_wait_schema(args, config):
+    """Wait until each named service's database is at this code's migration head (or
+    past it: a rollback). The init container of every service pod in deploy/k8s/ runs
+    it, so a pod of new code never serves before the migration Job has migrated its
+    database, and the pods themselves never migrate (two replicas would race)."""
+    uris = database_uris(config)
+    unknown = set(args.services) - set(uris)
+    if unknown:
+        sys.exit(f"wait-schema: no database for {', '.join(sorted(unknown))}")
+    pending = {service: "not checked yet" for service in args.services or uris}
+    deadline = time.monotonic() + args.timeout
+    while True:
+        for service in sorted(pending):
+            try:
+                state = admin.schema_state(service, uris[service])
+            except Exception as exc:  # noqa: BLE001 - unreachable, or no database yet
+                first_line = (str(exc).strip().splitlines() or [""])[0]
+                state = f"{type(exc).__name__}: {first_line}"
+            if state in ("current", "ahead"):
+                print(f"{service}: schema {state}", flush=True)
+                del pending[service]
+            else:
+                pending[service] = state
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            print(f"schema not migrated after {args.timeout:g}s: "
+                  + ", ".join(f"{name} ({state})" for name, state in sorted(pending.items()))
+                  + " (has the migration Job run? `python scripts/manage.py migrate`)",
+                  file=sys.stderr)
+            sys.exit(1)
+        time.sleep(args.interval)
 
 
 def gateway_urls(config):
@@ -110,14 +149,30 @@ def cmd_ping(args, config):
     sys.exit(0 if ok else 1)
 
 
-def main(argv=None):
+def cmd_ports(args, config):
+    """Each process `make up` runs and where it answers HTTP (its /health, /ready and
+    /metrics): a gateway on its API address, a service process on its ops listener."""
+    from scripts.supervisor import metrics_targets
+
+    for service, addresses in metrics_targets(config).items():
+        for index, address in enumerate(addresses):
+            name = (f"gateway-{address.rsplit(':', 1)[1]}-0" if service == "gateway"
+                    else f"{service}-{index}")
+            role = "API, /health /ready /metrics" if service == "gateway" else "/health /ready /metrics"
+            print(f"{name:24s} http://{address:22s} {role}")
+
+
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: config.yml)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="create the three databases").set_defaults(func=cmd_setup)
-    sub.add_parser("migrate", help="alembic upgrade head, each service").set_defaults(
-        func=cmd_migrate
+    migrate = sub.add_parser("migrate", help="alembic upgrade head, each service")
+    migrate.add_argument(
+        "--allow-ahead", action="store_true",
+        help="leave a database migrated by newer code as it is (a rollback), not fail",
     )
+    migrate.set_defaults(func=cmd_migrate)
     seed = sub.add_parser("seed", help="fake customers and products (faker)")
     seed.add_argument("--customers", type=int, default=100)
     seed.add_argument("--products", type=int, default=100)
@@ -125,6 +180,7 @@ def main(argv=None):
     conf = sub.add_parser("supervisor-conf", help="write the supervisord configuration")
     conf.add_argument("--run-dir", default=os.path.join(ROOT, ".run"))
     conf.set_defaults(func=cmd_supervisor_conf)
+    sub.add_parser("ports", help="each process's HTTP address").set_defaults(func=cmd_ports)
     wait = sub.add_parser("wait", help="wait until gateways and services answer")
     wait.add_argument("--timeout", type=float, default=90)
     wait.set_defaults(func=cmd_wait)
@@ -132,7 +188,19 @@ def main(argv=None):
     ping_cmd.add_argument("service")
     ping_cmd.add_argument("--timeout", type=float, default=5)
     ping_cmd.set_defaults(func=cmd_ping)
-    args = parser.parse_args(argv)
+    schema = sub.add_parser(
+        "wait-schema", help="wait until the services' databases are migrated (k8s init)"
+    )
+    schema.add_argument("services", nargs="*",
+                        help=f"any of {', '.join(admin.SERVICES_WITH_DATABASE)} (default: all)")
+    schema.add_argument("--timeout", type=float, default=600)
+    schema.add_argument("--interval", type=float, default=2)
+    schema.set_defaults(func=cmd_wait_schema)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     args.func(args, load_config(args.config))
 
 

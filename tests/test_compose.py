@@ -1,0 +1,97 @@
+"""docker-compose.yml, without Docker running: `docker-compose config` accepts it, and every
+app container runs the one image built from the root Dockerfile with a command that names
+a real service (tests/deploy_commands.py)."""
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from common.config import ROOT
+from tests.deploy_commands import check_command
+
+COMPOSE_FILE = os.path.join(ROOT, "docker-compose.yml")
+IMAGE = "shop"
+
+
+def docker_compose():
+    path = shutil.which(os.environ.get("DOCKER_COMPOSE") or "docker-compose")
+    if not path:
+        pytest.fail("docker-compose not found: `apt-get install -y docker-compose` (Debian's "
+                    "package; .ci/run installs it), or set DOCKER_COMPOSE to its path")
+    return path
+
+
+def run_compose(*args):
+    # `config` reads and resolves the file only: no Docker daemon is needed.
+    result = subprocess.run(
+        [docker_compose(), "-f", COMPOSE_FILE, *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def services():
+    return yaml.safe_load(run_compose("config"))["services"]
+
+
+def app_services(services):
+    return {name: svc for name, svc in services.items() if svc.get("image") == IMAGE}
+
+
+def test_config_is_valid():
+    run_compose("config", "-q")
+
+
+def test_one_image_built_once_from_the_root_dockerfile(services):
+    apps = app_services(services)
+    # the migration, the three services and the three gateways
+    assert {"migrate", "customers", "products", "orders"} <= set(apps)
+    assert sum(name.startswith("gateway") for name in apps) == 3
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["migrate"], "build the image once; every other container reuses it"
+    build = services["migrate"]["build"]
+    assert os.path.realpath(build["context"]) == os.path.realpath(ROOT)
+    assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+    # every app container that starts waits for the one that builds the image
+    for name, svc in apps.items():
+        if name != "migrate":
+            assert "migrate" in dependencies(services, name), name
+
+
+def dependencies(services, name, seen=None):
+    seen = set() if seen is None else seen
+    for dep in services[name].get("depends_on") or {}:
+        if dep not in seen:
+            seen.add(dep)
+            dependencies(services, dep, seen)
+    return seen
+
+
+def test_no_other_dockerfile():
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .venv, .git, .run...
+        found += [os.path.relpath(os.path.join(folder, name), ROOT)
+                  for name in files if name == "Dockerfile"]
+    assert found == ["Dockerfile"], "one image: the root Dockerfile builds every process"
+
+
+def test_every_command_names_a_real_service(services):
+    kinds = {}
+    for name, svc in app_services(services).items():
+        command = svc.get("command")
+        assert command, f"{name}: the image's default command is not for every service"
+        kind, target, config = check_command(command)
+        if kind == "nameko":
+            assert config == "config.yml", name  # the image's /app/config.yml
+            kinds[name] = target.name
+        else:
+            kinds[name] = target.command
+    assert kinds["migrate"] == "migrate"
+    assert {kinds[name] for name in ("customers", "products", "orders")} == {
+        "customers", "products", "orders"}
+    assert all(kinds[name] == "gateway" for name in kinds if name.startswith("gateway"))
