@@ -18,6 +18,14 @@ overridable in config.yml under ``DB_ENGINE_OPTIONS``:
 * ``idle_in_transaction_session_timeout`` (``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``): a
   transaction left open by a stuck or dead worker is ended by PostgreSQL, which bounds
   how long an order can stay invisible (products' reconciler relies on it).
+
+A service may also have a streaming **read replica** (``DB_READ_URIS``, same keys as
+``DB_URIS``; empty: none): :class:`Database` then builds a second engine with the same
+options (its own pool of ``max_workers``, ``statement_timeout``, a short
+``connect_timeout``, and ``default_transaction_read_only``, so nothing can write there
+even if the URI names a primary by mistake), and ``db.read(query, complete)`` routes a
+read there with the primary as the fallback (:mod:`common.replica`). ``db.reading()``,
+``db.session`` and ``db.get_session()`` always use the primary.
 """
 import logging
 import time
@@ -25,12 +33,13 @@ from contextlib import contextmanager
 
 from nameko_sqlalchemy import Database as NamekoDatabase
 from nameko_sqlalchemy.database import DB_ENGINE_OPTIONS_KEY, DatabaseWrapper
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from common.errors import ServiceUnavailable
 from common.metrics import watch_pool
+from common.replica import DEFAULT_RETRY_SECONDS, DEFAULT_TIMEOUT_MS, ReplicaReads, always
 from common.tracing import provider_for, records_spans, trace_statements
 
 DEFAULT_LOCK_TIMEOUT_MS = 3000
@@ -38,6 +47,8 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 4000
 DEFAULT_IDLE_IN_TRANSACTION_MS = 30000
 DEFAULT_PING_IDLE_SECONDS = 2.0
 MAX_INT4 = 2**31 - 1
+DB_READ_URIS_KEY = "DB_READ_URIS"
+REPLICA_CONNECT_TIMEOUT = 2  # seconds; libpq's minimum (the eventlet bound is shorter)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,24 @@ def engine_options(config):
     return options
 
 
+def replica_engine_options(options):
+    """The read replica's engine options: the primary's ``options`` with a short
+    ``connect_timeout`` and every transaction read-only."""
+    connect_args = dict(options.get("connect_args") or {})
+    connect_args["connect_timeout"] = REPLICA_CONNECT_TIMEOUT
+    connect_args["options"] = (
+        f"{connect_args.get('options', '')} -c default_transaction_read_only=on".strip()
+    )
+    return {**options, "connect_args": connect_args}
+
+
+def read_replica_uri(config, key, primary_uri):
+    """The read replica's URI for ``key`` (``"products:Base"``) in ``DB_READ_URIS``, or
+    None when it is unset, empty or the primary's own URI."""
+    uri = str((config.get(DB_READ_URIS_KEY) or {}).get(key) or "").strip()
+    return uri if uri and uri != primary_uri else None
+
+
 def ping_when_idle(engine, idle_seconds):
     """Ping a pooled connection on checkout only if it was idle ``idle_seconds`` or more.
 
@@ -93,42 +122,71 @@ def ping_when_idle(engine, idle_seconds):
             raise DisconnectionError("idle connection is gone")
 
 
+@contextmanager
+def autocommit_session(engine):
+    """A session on a pooled connection of ``engine`` in autocommit: each statement is
+    its own transaction, so a read costs one round trip, not BEGIN + SELECT + ROLLBACK.
+
+    psycopg2's ``autocommit`` is switched on the pooled connection and back, which
+    sends nothing. (SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` execution option
+    would restore the level with psycopg2's ``set_isolation_level``: one more round
+    trip per read, 14 % of the products process under product reads.)"""
+    with engine.connect() as connection:
+        dbapi_connection = connection.connection.dbapi_connection
+        dbapi_connection.autocommit = True
+        try:
+            with Session(bind=connection) as session:
+                yield session
+        finally:
+            if not dbapi_connection.closed:  # a dead one is discarded by the pool
+                dbapi_connection.autocommit = False
+
+
 class ShopDatabaseWrapper(DatabaseWrapper):
     """What a worker's ``self.db`` is: nameko-sqlalchemy's wrapper (``session``,
-    ``get_session()``) plus :meth:`reading`."""
+    ``get_session()``) plus :meth:`reading` (the primary) and :meth:`read` (the read
+    replica when there is one)."""
 
-    def __init__(self, session_factory, engine):
+    def __init__(self, session_factory, engine, reads=None):
         super().__init__(session_factory)
         self.engine = engine
+        self.reads = reads
 
     @contextmanager
     def reading(self):
-        """A session for read-only work on an autocommit connection: each statement is
-        its own transaction, so a read costs one round trip, not BEGIN + SELECT +
-        ROLLBACK. Not for anything that writes or needs one snapshot across statements.
-        PostgreSQL unreachable or busy, inside the block too, raises ServiceUnavailable
-        (:func:`database_errors_as_unavailable`).
+        """A session for read-only work on the primary, on an autocommit connection
+        (:func:`autocommit_session`). Not for anything that writes or needs one
+        snapshot across statements. PostgreSQL unreachable or busy, inside the block
+        too, raises ServiceUnavailable (:func:`database_errors_as_unavailable`)."""
+        with database_errors_as_unavailable(), autocommit_session(self.engine) as session:
+            yield session
 
-        psycopg2's ``autocommit`` is switched on the pooled connection and back, which
-        sends nothing. (SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` execution option
-        would restore the level with psycopg2's ``set_isolation_level``: one more round
-        trip per read, 14 % of the products process under product reads.)"""
-        with database_errors_as_unavailable(), self.engine.connect() as connection:
-            dbapi_connection = connection.connection.dbapi_connection
-            dbapi_connection.autocommit = True
-            try:
-                with Session(bind=connection) as session:
-                    yield session
-            finally:
-                if not dbapi_connection.closed:  # a dead one is discarded by the pool
-                    dbapi_connection.autocommit = False
+    def read(self, query, complete=always):
+        """``query(session)``'s result, for a read that may be stale by the read
+        replica's lag: on the replica when one is configured and answering, falling
+        back to the primary (:meth:`reading`) when ``complete(result)`` is false or the
+        replica fails (:class:`common.replica.ReplicaReads`); on the primary otherwise.
+        ``query`` only reads and returns plain data. Raises ServiceUnavailable when the
+        primary is needed and unavailable. Never for a read a write or a stock decision
+        depends on: use :meth:`reading` or a transaction on the primary."""
+        if self.reads is None:  # a wrapper made outside a Database dependency
+            with self.reading() as session:
+                return query(session)
+        return self.reads.read(query, self.reading, complete)
 
 
 class Database(NamekoDatabase):
     """nameko-sqlalchemy ``Database`` whose engine is built with :func:`engine_options`,
     pings idle connections (:func:`ping_when_idle`), reports its pool and errors as
     metrics (:func:`common.metrics.watch_pool`), traces its statements when spans are
-    exported (:mod:`common.tracing`) and gives workers a :class:`ShopDatabaseWrapper`."""
+    exported (:mod:`common.tracing`) and gives workers a :class:`ShopDatabaseWrapper`.
+
+    With a read replica in ``DB_READ_URIS`` (module docstring), a second engine with the
+    same options is built for it, bounded by ``DB_REPLICA_TIMEOUT_MS`` and resting
+    ``DB_REPLICA_RETRY_SECONDS`` after a failure; ``self.reads`` routes (and counts)
+    ``db.read()``s either way (:class:`common.replica.ReplicaReads`)."""
+
+    reads = None
 
     def setup(self):
         config = self.container.config
@@ -141,9 +199,35 @@ class Database(NamekoDatabase):
         provider = provider_for(config, service)
         if records_spans(provider):  # each statement a child span of the worker's
             trace_statements(self.engine, provider, service)
+        key = f"{service}:{self.declarative_base.__name__}"
+        replica_uri = read_replica_uri(config, key, self.db_uri)
+        engine = None
+        if replica_uri:
+            engine = create_engine(replica_uri, **replica_engine_options(self.engine_options))
+            ping_when_idle(engine, idle)
+            if records_spans(provider):
+                trace_statements(engine, provider, service)
+        self.reads = ReplicaReads(
+            engine, service, autocommit_session,
+            timeout=float(config.get("DB_REPLICA_TIMEOUT_MS", DEFAULT_TIMEOUT_MS)) / 1000,
+            retry_seconds=float(config.get("DB_REPLICA_RETRY_SECONDS", DEFAULT_RETRY_SECONDS)),
+        )
+
+    def stop(self):
+        self._dispose_reads()
+        super().stop()
+
+    def kill(self):
+        self._dispose_reads()
+        super().kill()
+
+    def _dispose_reads(self):
+        if self.reads is not None:
+            self.reads.dispose()
+            self.reads = None
 
     def get_dependency(self, worker_ctx):
-        db = ShopDatabaseWrapper(self.Session, self.engine)
+        db = ShopDatabaseWrapper(self.Session, self.engine, self.reads)
         self.dbs[worker_ctx] = db
         return db
 

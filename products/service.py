@@ -1,6 +1,13 @@
 """Products service: RPC contracts over the products database.
 
 Prices travel as strings with two decimals (``"3.50"``), never floats.
+
+Reads and writes are split (CQRS): ``get_product`` and ``list_products`` are answered
+by the read replica when ``PRODUCTS_READ_DB_URI`` names one (:mod:`common.replica`), so
+they may lag the primary by the replica's lag, except that a product the replica does
+not have yet, and the last page of a list, are read on the primary: a product can be
+read the moment it was created. Everything else (creation, every stock decision under
+the row locks, ``get_reservation``, which orders' recovery decides on) uses the primary.
 """
 import logging
 from functools import partial
@@ -69,14 +76,16 @@ class ProductsService(shop.ShopService):
 
     @rpc
     def get_product(self, product_id):
-        """The product with ``product_id``; raises ProductNotFound (404). Read-only."""
+        """The product with ``product_id``; raises ProductNotFound (404). Read-only.
+
+        From the read replica when there is one (its ``stock`` may lag the primary's);
+        an id the replica does not know is looked up on the primary before a 404."""
         if not is_valid_id(product_id):
             raise ProductNotFound.for_ids([product_id])
-        with self.db.reading() as session:
-            product = session.get(Product, product_id)
-            if product is None:
-                raise ProductNotFound.for_ids([product_id])
-            return product_schema.dump(product)
+        product = self.db.read(partial(product_by_id, product_id), complete=found)
+        if product is None:
+            raise ProductNotFound.for_ids([product_id])
+        return product
 
     @rpc
     def list_products(self, limit=None, after=None):
@@ -84,11 +93,13 @@ class ProductsService(shop.ShopService):
 
         ``limit`` defaults to PAGE_DEFAULT_LIMIT (max PAGE_MAX_LIMIT), ``after`` is the
         last id of the previous page. Raises ValidationError (422). Read-only.
+
+        From the read replica when there is one, except the last page (``next_after``
+        None: where products created since the replica's last replay would be), which
+        is read on the primary.
         """
         limit, after = page_params(self.config, limit, after)
-        with self.db.reading() as session:
-            rows, next_after = keyset_page(session, Product, limit, after)
-            return {"items": product_schema.dump(rows, many=True), "next_after": next_after}
+        return self.db.read(partial(products_page, limit, after), complete=has_next_page)
 
     @rpc
     def reserve_stock(self, order_ref, items):
@@ -158,3 +169,25 @@ class ProductsService(shop.ShopService):
             self.orders.order_states,
             reconcile.Settings.from_config(self.config),
         )
+
+
+def product_by_id(product_id, session):
+    """The product as a dict, or None."""
+    product = session.get(Product, product_id)
+    return None if product is None else product_schema.dump(product)
+
+
+def products_page(limit, after, session):
+    rows, next_after = keyset_page(session, Product, limit, after)
+    return {"items": product_schema.dump(rows, many=True), "next_after": next_after}
+
+
+def found(product):
+    """A replica's answer to ``product_by_id`` is final only if it found the product."""
+    return product is not None
+
+
+def has_next_page(page):
+    """A replica's page is final only if rows follow it: the last page may lack
+    products created since the replica's last replay."""
+    return page["next_after"] is not None

@@ -23,11 +23,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+if __package__ in (None, ""):  # `python3 scripts/rabbit_cluster.py`: import from the repository
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts.processes import free_port, process_alive, wait_for  # noqa: E402
 
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
 INSTALLED_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
@@ -41,50 +45,6 @@ ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 def tool(name):
     path = os.path.join(RABBITMQ_BIN, name)
     return path if os.path.exists(path) else shutil.which(name)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_block(size=10, attempts=200):
-    """The first of ``size`` consecutive free ports of 127.0.0.1, a multiple of 10."""
-    for _ in range(attempts):
-        base = free_port() // 10 * 10
-        if base + size <= 65535 and all(_port_free(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError(f"no {size} consecutive free ports found")
-
-
-def _port_free(port):
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def process_alive(pid):
-    """True while ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().split(") ", 1)[1][0] != "Z"
-    return True
-
-
-def wait_for(condition, message, timeout=30, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(message)
-        time.sleep(interval)
 
 
 class RabbitNode:

@@ -19,7 +19,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
 from common.config import ROOT
-from scripts.rabbit_cluster import free_port, free_port_block, process_alive
+from scripts.processes import free_port, free_port_block, process_alive
 from scripts.supervisor import metrics_targets, write_supervisor_conf
 
 START_TIMEOUT = 60

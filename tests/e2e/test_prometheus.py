@@ -18,7 +18,7 @@ import requests
 import yaml
 
 from scripts.prometheus_conf import render
-from scripts.rabbit_cluster import free_port
+from scripts.processes import free_port
 from tests.e2e.test_order_lifecycle import setup_shop
 
 SCRAPE_INTERVAL = "1s"
