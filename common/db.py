@@ -13,6 +13,7 @@ overridable in config.yml under ``DB_ENGINE_OPTIONS``:
   fits `make up` and the test suite's stacks at once;
 * ``executemany_mode="values_plus_batch"``: a multi-row UPDATE flushed by the ORM (a
   release giving back each line's stock) is one round trip, not one per row;
+* a connect bounded by ``connect_timeout`` (5 s) for real (:func:`bound_connect`);
 * ``lock_timeout`` / ``statement_timeout`` (``DB_LOCK_TIMEOUT_MS``, ``DB_STATEMENT_TIMEOUT_MS``):
   a worker waiting on a row lock gives up instead of waiting forever;
 * ``idle_in_transaction_session_timeout`` (``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``): a
@@ -31,6 +32,7 @@ import logging
 import time
 from contextlib import contextmanager
 
+import eventlet
 from nameko_sqlalchemy import Database as NamekoDatabase
 from nameko_sqlalchemy.database import DB_ENGINE_OPTIONS_KEY, DatabaseWrapper
 from sqlalchemy import create_engine, event, text
@@ -46,6 +48,7 @@ DEFAULT_LOCK_TIMEOUT_MS = 3000
 DEFAULT_STATEMENT_TIMEOUT_MS = 4000
 DEFAULT_IDLE_IN_TRANSACTION_MS = 30000
 DEFAULT_PING_IDLE_SECONDS = 2.0
+DEFAULT_CONNECT_TIMEOUT = 5
 MAX_INT4 = 2**31 - 1
 DB_READ_URIS_KEY = "DB_READ_URIS"
 REPLICA_CONNECT_TIMEOUT = 2  # seconds; libpq's minimum (the eventlet bound is shorter)
@@ -71,7 +74,7 @@ def engine_options(config):
                 f"-c lock_timeout={lock_ms} -c statement_timeout={statement_ms} "
                 f"-c idle_in_transaction_session_timeout={idle_ms}"
             ),
-            "connect_timeout": 5,
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
         },
     }
     options.update(config.get(DB_ENGINE_OPTIONS_KEY) or {})
@@ -94,6 +97,22 @@ def read_replica_uri(config, key, primary_uri):
     None when it is unset, empty or the primary's own URI."""
     uri = str((config.get(DB_READ_URIS_KEY) or {}).get(key) or "").strip()
     return uri if uri and uri != primary_uri else None
+
+
+def bound_connect(engine, seconds):
+    """Give up a new connection after ``seconds``, as an ``OperationalError`` (a 503).
+
+    libpq's ``connect_timeout`` is not enforced on psycopg2's green (asynchronous)
+    connections: a PostgreSQL host that accepts the TCP connection and then says nothing
+    (frozen, black-holed, its backlog full) would hold the worker until TCP gives up,
+    minutes later. Here the whole connect runs under an eventlet timer."""
+
+    @event.listens_for(engine, "do_connect")
+    def connect_within(dialect, record, cargs, cparams):
+        error = dialect.loaded_dbapi.OperationalError(
+            f"no connection to PostgreSQL within {seconds:g}s")
+        with eventlet.Timeout(seconds, error):
+            return dialect.connect(*cargs, **cparams)
 
 
 def ping_when_idle(engine, idle_seconds):
@@ -194,6 +213,9 @@ class Database(NamekoDatabase):
         super().setup()
         idle = float(config.get("DB_PING_IDLE_SECONDS", DEFAULT_PING_IDLE_SECONDS))
         ping_when_idle(self.engine, idle)
+        connect_args = self.engine_options.get("connect_args", {})
+        bound_connect(self.engine,
+                      float(connect_args.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)))
         service = self.container.service_name
         watch_pool(service, self.engine)
         provider = provider_for(config, service)

@@ -1,5 +1,6 @@
 """common.db against the real PostgreSQL: what replaced pool_pre_ping, and reads on an
 autocommit connection."""
+import socket
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from common.db import Database, ShopDatabaseWrapper, ping_when_idle
+from common.db import Database, ShopDatabaseWrapper, check_database, ping_when_idle
 from common.errors import ServiceUnavailable
 from products.models import Base as ProductsBase
 
@@ -102,3 +103,35 @@ def test_a_worker_session_that_postgresql_closed_does_not_kill_the_container(
         second = cluster.teardown.open_then_lose_the_connection()  # the container lives on
     assert first != second
     assert not container._died.ready()
+
+
+class ReadsProducts:
+    name = "silent_db"
+    db = Database(ProductsBase)
+
+    @rpc
+    def check(self):
+        return check_database(self.db)
+
+
+def test_a_database_that_accepts_and_then_says_nothing_is_a_503_within_the_connect_bound(
+        container_factory, rabbit_config):
+    """A socket that listens but never answers (a frozen or black-holed PostgreSQL):
+    libpq's connect_timeout is not enforced on green connections, ours is."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshake; nothing ever reads or writes
+    port = silent.getsockname()[1]
+    config = {**rabbit_config,
+              "DB_URIS": {"silent_db:Base": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/x"},
+              "DB_ENGINE_OPTIONS": {"connect_args": {"connect_timeout": 1}}}
+    container_factory(ReadsProducts, config).start()
+    try:
+        with ClusterRpcProxy(config, timeout=20) as cluster:
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailable) as raised:
+                cluster.silent_db.check()
+            assert time.monotonic() - started < 1 + 1
+        assert raised.value.details["reason"] == "database"
+    finally:
+        silent.close()
