@@ -107,6 +107,22 @@ def where(workload, container):
     return f"{workload['kind']} {workload['metadata']['name']}, container {container['name']}"
 
 
+class RawConfigLoader(yaml.SafeLoader):
+    """YAML as written: once anything has loaded config.yml the nameko way
+    (common.config), SafeLoader itself substitutes ``${VAR:default}``; this loader keeps
+    its own copy of the resolvers, without nameko's."""
+
+
+RawConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "!env_var"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_raw(stream):
+    return yaml.load(stream, Loader=RawConfigLoader)  # noqa: S506 - a SafeLoader
+
+
 def config_variables():
     """``{variable: default or None}`` of every ``${VAR:default}`` config.yml reads."""
     found = {}
@@ -123,7 +139,7 @@ def config_variables():
                 found[match.group(1)] = match.group(2)  # None: no default
 
     with open(CONFIG) as stream:
-        walk(yaml.safe_load(stream))  # the raw file: comments are not values
+        walk(read_raw(stream))  # the raw file: comments are not values
     return found
 
 
@@ -138,7 +154,7 @@ def variable_of(setting):
 def connection_variables():
     """``("AMQP_URI", {service: "<SERVICE>_DB_URI"})``, as config.yml names them."""
     with open(CONFIG) as stream:
-        raw = yaml.safe_load(stream)
+        raw = read_raw(stream)
     databases = {
         service: variable_of(raw["DB_URIS"][f"{service}:Base"])
         for service in admin.SERVICES_WITH_DATABASE
