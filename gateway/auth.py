@@ -1,9 +1,10 @@
-"""Optional bearer-token auth for write routes.
+"""Optional bearer-token auth for write routes: ``AUTH_MODE`` tokens (gateway/authz.py).
 
-Off unless ``API_TOKENS`` is configured (config.yml; a comma-separated list in the
-environment), so the seed's curls work as written. When on, every write (POST, PUT,
-PATCH, DELETE) needs ``Authorization: Bearer <token>``: 401 without one, 403 with a wrong
-one. Tokens are compared in constant time, against every configured token.
+Used when ``AUTH_MODE`` is ``tokens``, or empty with ``API_TOKENS`` configured (config.yml;
+a comma-separated list in the environment); off by default, so the seed's curls work as
+written. When on, every write (POST, PUT, PATCH, DELETE) needs ``Authorization: Bearer
+<token>``: 401 without one, 403 with a wrong one. Tokens are compared in constant time,
+against every configured token.
 """
 import hmac
 

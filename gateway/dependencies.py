@@ -1,5 +1,8 @@
 """Dependencies of the gateway beyond the services' RPC proxies."""
+import logging
+
 from eventlet import GreenPool
+from nameko.extensions import DependencyProvider
 
 from common.errors import ShopError
 from common.rpc import BoundedRpcProxy, BoundedServiceProxy, broker_status
@@ -57,3 +60,17 @@ class ReadinessProbes(BoundedRpcProxy):
             for service in self.services
         }
         return Readiness(probes, self.broker_watch)
+
+
+class AuthSettings(DependencyProvider):
+    """Checks ``AUTH_MODE`` when the gateway starts (a wrong value fails the start) and
+    logs how requests are authenticated; in jwt mode without a configured key this is
+    where the development secret is created (gateway/authz.py)."""
+
+    def setup(self):
+        from gateway import authz
+
+        logging.getLogger("gateway.authz").info(authz.describe(self.container.config))
+
+    def get_dependency(self, worker_ctx):
+        return None

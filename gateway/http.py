@@ -8,8 +8,8 @@ ShopError, which keeps its status). Anything else is a bug: logged with its trac
 answered as a bare 500 envelope with no detail.
 
 Every answer carries ``X-Request-ID`` (the client's, or a new one), which also goes to
-every service in Nameko's context data. Write routes may require a bearer token
-(:mod:`gateway.auth`).
+every service in Nameko's context data. Routes may require a bearer token
+(``AUTH_MODE``: :mod:`gateway.authz`, :mod:`gateway.auth`).
 
 The listening socket gets a configurable backlog (``WEB_LISTEN_BACKLOG``); eventlet's
 default of 50 resets connections in bursts. Connections are handled by
@@ -53,6 +53,7 @@ from common.logs import REQUEST_ID_KEY
 from common.metrics import HTTP_RESPONSES, child
 from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
+from gateway import authz
 from gateway.auth import authorize, configured_tokens
 from gateway.protocol import (
     CLIENT_SOCKET_KEY, CLOSE_AFTER_RESPONSE_KEY, JsonHttpProtocol, client_is_gone, peek,
@@ -86,7 +87,7 @@ def error_response(exc):
         exc = ServiceUnavailable("the gateway is restarting; retry", {"reason": "shutting_down"})
     if not isinstance(exc, ShopError):
         exc = InternalError()
-    headers = None
+    headers = dict(getattr(exc, "headers", None) or {})  # e.g. WWW-Authenticate on a 401
     if exc.status == 405 and "allowed" in exc.details:
         headers = {"Allow": ", ".join(exc.details["allowed"])}
     return json_response(exc.to_dict(), exc.status, headers)
@@ -327,11 +328,21 @@ class JsonHttpEntrypoint(HttpRequestHandler):
     def handle_request(self, request):
         """Authorize, receive the whole body, and only then take a worker: a client that
         sends slowly holds its own connection, never a worker slot."""
+        config = self.container.config
         try:
-            authorize(request, configured_tokens(self.container.config))
+            mode = authz.auth_mode(config)
+            principal = None
+            if mode == "tokens":
+                authorize(request, configured_tokens(config))
+            elif mode == "jwt":
+                principal = authz.authenticate(request, self.method_name, config)
+            body = None
             if request.method in BODY_METHODS:
                 request.shallow = False
-                read_body(request, max_body_bytes(self.container.config))
+                read_body(request, max_body_bytes(config))
+                if principal is not None and self.method_name == "create_order":
+                    body = read_json(request, max_body_bytes(config))
+            authz.authorize(request, self.method_name, principal, body)
         except ShopError as exc:
             response = error_response(exc)
         else:

@@ -18,8 +18,8 @@ from common.logs import WorkerLog
 from common.metrics import Metrics, exposition
 from common.rpc import BoundedRpcProxy
 from common.tracing import Tracing
-from gateway import openapi
-from gateway.dependencies import ReadinessProbes
+from gateway import authz, openapi
+from gateway.dependencies import AuthSettings, ReadinessProbes
 from gateway.http import (
     http, json_response, max_body_bytes, read_json, unpooled_http,
 )
@@ -36,6 +36,7 @@ class GatewayService:
     metrics = Metrics()
     tracing = Tracing()
     readiness = ReadinessProbes(("customers", "products", "orders"))
+    auth = AuthSettings()
 
     @unpooled_http("GET", "/health")
     def health(self, request):
@@ -98,10 +99,14 @@ class GatewayService:
 
     @http("GET", "/api/orders/<int:order_id>")
     def get_order(self, request, order_id):
-        return json_response(self.orders.get_order(order_id))
+        order = self.orders.get_order(order_id)
+        authz.check_order(request, order)  # a customer's token: its own orders only (404)
+        return json_response(order)
 
     @http("POST", "/api/orders/<int:order_id>/cancel")
     def cancel_order(self, request, order_id):
+        if request.environ.get(authz.PRINCIPAL_KEY) is not None:
+            authz.check_order(request, self.orders.get_order(order_id))
         return json_response(self.orders.cancel_order(order_id))
 
     @http("GET", "/api/customers/<int:customer_id>/orders")

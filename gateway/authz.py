@@ -1,0 +1,260 @@
+"""Who may call which route: the gateway's one authorization decision (``AUTH_MODE``).
+
+``AUTH_MODE``:
+
+- ``off``: every route open (the seed's curls work as written);
+- ``tokens``: the static ``API_TOKENS`` on write routes (:mod:`gateway.auth`); an empty
+  ``AUTH_MODE`` with ``API_TOKENS`` set means ``tokens``, else ``off``;
+- ``jwt``: a bearer JWT, verified here (signature with an explicit list of algorithms,
+  ``exp``, ``nbf``, ``iss``, ``aud``), on every route that is not public. Its claims give
+  the roles: ``scope`` containing ``shop:admin`` is the admin (manages the catalog, reads
+  everything); ``sub`` is a customer's id (its own customer record and orders only).
+
+Keys: ``AUTH_JWT_PUBLIC_KEY`` (PEM; RS256/ES256) wins over ``AUTH_JWT_SECRET`` (HS256);
+with neither, a development secret is created once under ``.run/jwt-dev-secret`` (mode
+0600) and shared by every gateway and ``make token``.
+
+:data:`RULES` maps each route (the service method's name) to a rule; a route missing from
+it is admin-only. The services stay callable by trusted RPC: nothing is checked there.
+"""
+import logging
+import os
+import secrets
+import time
+
+import jwt
+
+from common.config import ROOT
+from common.errors import Forbidden, Unauthorized
+from customers.exceptions import CustomerNotFound
+from gateway.auth import configured_tokens
+from orders.exceptions import OrderNotFound
+
+log = logging.getLogger(__name__)
+
+ADMIN_SCOPE = "shop:admin"
+PRINCIPAL_KEY = "shop.principal"
+DEFAULT_ISSUER = "shop"
+DEFAULT_AUDIENCE = "shop-api"
+DEV_SECRET_PATH = os.path.join(ROOT, ".run", "jwt-dev-secret")
+ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
+
+# Rules: "public" (no token looked at), "signup" (public unless AUTH_SIGNUP is "admin"),
+# "admin", "own_customer" (the path's customer_id is the caller's, else 404),
+# "place_order" (the body's customer_id is the caller's, else 403),
+# "own_order" (read: the order is the caller's, checked in the worker, else 404),
+# "cancel_order" (as own_order; not the admin's: it reads, it does not act for customers).
+RULES = {
+    "health": "public", "metrics_text": "public", "ready": "public", "ping": "public",
+    "openapi_spec": "public", "docs": "public", "docs_asset": "public",
+    "list_products": "public", "get_product": "public",
+    "create_customer": "signup",
+    "list_customers": "admin",
+    "create_product": "admin",
+    "get_customer": "own_customer",
+    "list_customer_orders": "own_customer",
+    "create_order": "place_order",
+    "get_order": "own_order",
+    "cancel_order": "cancel_order",
+}
+
+
+class InvalidToken(Unauthorized):
+    """401 for a token that is present but not valid (RFC 6750 ``invalid_token``)."""
+
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class MissingToken(Unauthorized):
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Principal:
+    """The verified caller: the admin, a customer (``customer_id``), or neither."""
+
+    def __init__(self, claims):
+        self.claims = claims
+        self.admin = ADMIN_SCOPE in str(claims.get("scope") or "").split()
+        sub = claims.get("sub")
+        self.customer_id = int(sub) if isinstance(sub, str) and sub.isdigit() else None
+
+    def is_customer(self, customer_id):
+        return self.customer_id is not None and str(customer_id) == str(self.customer_id)
+
+
+def auth_mode(config):
+    """``off``, ``tokens`` or ``jwt`` (see the module docstring)."""
+    mode = str(config.get("AUTH_MODE") or "").strip().lower()
+    if not mode:
+        return "tokens" if configured_tokens(config) else "off"
+    if mode not in ("off", "tokens", "jwt"):
+        raise ValueError(f"AUTH_MODE must be off, tokens or jwt, not {mode!r}")
+    return mode
+
+
+def dev_secret_path(config):
+    return config.get("AUTH_JWT_DEV_SECRET_PATH") or DEV_SECRET_PATH
+
+
+_dev_secrets = {}  # path -> secret: read once per process, not per request
+
+
+def dev_secret(config):
+    """The development secret, created (0600) on first use."""
+    path = dev_secret_path(config)
+    if path not in _dev_secrets:
+        _dev_secrets[path] = _read_or_create(path)
+    return _dev_secrets[path]
+
+
+def _read_or_create(path):
+    for _ in range(50):  # another process may have created it and not yet written it
+        try:
+            with open(path) as file:
+                secret = file.read().strip()
+        except FileNotFoundError:
+            break
+        if secret:
+            return secret
+        time.sleep(0.02)
+    else:
+        raise RuntimeError(f"{path} is empty: remove it to get a new development secret")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another gateway was first
+        return _read_or_create(path)
+    with os.fdopen(fd, "w") as file:
+        file.write(secret + "\n")
+    return secret
+
+
+def algorithms(config, default):
+    raw = config.get("AUTH_JWT_ALGORITHMS") or default
+    if not isinstance(raw, list):
+        raw = str(raw).split(",")
+    return [str(alg).strip() for alg in raw if str(alg).strip() and str(alg).strip() != "none"]
+
+
+def public_key_pem(config):
+    """``AUTH_JWT_PUBLIC_KEY``: the PEM itself (``\\n`` escapes allowed, for one-line
+    environment variables) or the path of a file holding it."""
+    value = str(config.get("AUTH_JWT_PUBLIC_KEY") or "").strip()
+    if value and not value.startswith("-----BEGIN") and os.path.isfile(value):
+        with open(value) as file:
+            return file.read().strip()
+    return value.replace("\\n", "\n")
+
+
+def verification_key(config):
+    """``(key, algorithms, source)``: a configured public key, else a configured secret,
+    else the development secret."""
+    public_key = public_key_pem(config)
+    if public_key:
+        algs = [alg for alg in algorithms(config, ["RS256", "ES256"]) if alg in ASYMMETRIC]
+        return public_key, algs, "AUTH_JWT_PUBLIC_KEY"
+    secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
+    if secret:
+        return secret, algorithms(config, ["HS256"]), "AUTH_JWT_SECRET"
+    return dev_secret(config), ["HS256"], f"development secret {dev_secret_path(config)}"
+
+
+def signing_secret(config):
+    """The HS256 secret ``make token`` signs with (a public key cannot sign)."""
+    secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
+    return secret or dev_secret(config)
+
+
+def issuer(config):
+    return str(config.get("AUTH_JWT_ISSUER") or DEFAULT_ISSUER)
+
+
+def audience(config):
+    return str(config.get("AUTH_JWT_AUDIENCE") or DEFAULT_AUDIENCE)
+
+
+def mint(config, admin=False, customer_id=None, ttl=3600, now=None):
+    """A token for local use: HS256 with the configured or development secret."""
+    now = int(now if now is not None else time.time())
+    claims = {"iss": issuer(config), "aud": audience(config), "iat": now, "nbf": now,
+              "exp": now + int(ttl)}
+    if admin:
+        claims["scope"] = ADMIN_SCOPE
+        claims["sub"] = "admin"
+    if customer_id is not None:
+        claims["sub"] = str(int(customer_id))
+    return jwt.encode(claims, signing_secret(config), algorithm="HS256")
+
+
+def describe(config):
+    """One line for the gateway's start log."""
+    mode = auth_mode(config)
+    if mode != "jwt":
+        return f"auth mode {mode}"
+    _, algs, source = verification_key(config)
+    return (f"auth mode jwt: tokens verified with the {source} ({', '.join(algs)}), "
+            f"iss {issuer(config)!r}, aud {audience(config)!r}")
+
+
+def bearer_token(request):
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    return presented.strip()
+
+
+def authenticate(request, route, config):
+    """The verified Principal of a request for ``route`` (jwt mode), None on a public
+    route. Raises MissingToken / InvalidToken (401)."""
+    rule = RULES.get(route, "admin")
+    if rule == "public" or (rule == "signup" and config.get("AUTH_SIGNUP") != "admin"):
+        return None
+    token = bearer_token(request)
+    if token is None:
+        raise MissingToken("this route needs Authorization: Bearer <token>")
+    key, algs, _ = verification_key(config)
+    try:
+        claims = jwt.decode(
+            token, key, algorithms=algs, audience=audience(config), issuer=issuer(config),
+            options={"require": ["exp", "iss", "aud", "sub"]},
+            leeway=float(config.get("AUTH_JWT_LEEWAY") or 0),
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken("the bearer token is not valid", {"reason": str(exc)}) from None
+    principal = Principal(claims)
+    request.environ[PRINCIPAL_KEY] = principal
+    return principal
+
+
+def authorize(request, route, principal, body=None):
+    """Raise Forbidden / NotFound unless ``principal`` may call ``route`` (jwt mode).
+    ``own_order`` routes are finished in the worker by :func:`check_order`."""
+    if principal is None:
+        return
+    rule = RULES.get(route, "admin")
+    values = getattr(request, "path_values", {}) or {}
+    if principal.admin and rule in ("admin", "signup", "own_customer", "own_order"):
+        return
+    if rule in ("admin", "signup"):
+        raise Forbidden("this route is the admin's")
+    if rule == "own_customer":
+        if not principal.is_customer(values.get("customer_id")):
+            raise CustomerNotFound.for_id(values.get("customer_id"))
+    elif rule == "place_order":
+        customer_id = body.get("customer_id") if isinstance(body, dict) else None
+        if not principal.is_customer(customer_id):
+            raise Forbidden("a customer places orders for itself only")
+    elif rule in ("own_order", "cancel_order"):
+        if principal.customer_id is None:
+            raise Forbidden("this route is a customer's")
+
+
+def check_order(request, order):
+    """In the worker of an ``own_order`` route: 404 unless the order is the caller's (an
+    admin may read any)."""
+    principal = request.environ.get(PRINCIPAL_KEY)
+    if principal is None or (principal.admin and request.method == "GET"):
+        return
+    if not principal.is_customer(order.get("customer_id")):
+        raise OrderNotFound.for_id(order.get("id"))
