@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -22,7 +22,7 @@ $(BIN)/.installed: requirements.lock
 services:  ## PostgreSQL and RabbitMQ answering (started when installed here)
 	@bash scripts/backing-services.sh
 
-setup: build services  ## create the three databases
+setup: build services  ## create the three roles and databases (each owned by its role)
 	$(MANAGE) setup
 
 migrate: setup  ## alembic upgrade head for each service
@@ -86,6 +86,9 @@ replica-down:  ## stop exactly the replica-up servers, by pid (never the default
 
 replica-status:  ## the pair's servers, replication state and replay lag
 	@$(PYTHON) scripts/pg_replica.py status
+
+token: build  ## a local bearer JWT for AUTH_MODE=jwt: make token ROLE=admin, make token CUSTOMER=1
+	@$(MANAGE) token $(if $(ROLE),--role $(ROLE)) $(if $(CUSTOMER),--customer $(CUSTOMER))
 
 shell: build  ## interactive RPC: n.rpc.products.get_product(1)
 	$(BIN)/nameko shell --config config.yml

@@ -50,15 +50,23 @@ def test_db_uris(base_config):
 
 
 @pytest.fixture(scope="session")
-def databases(test_db_uris):
-    """Fresh test databases, migrated to head, for the whole session; dropped after."""
+def admin_uri(base_config):
+    """The superuser's URI (DB_ADMIN_URI): creates and drops the test databases."""
+    return base_config.get("DB_ADMIN_URI") or admin.DEFAULT_ADMIN_URI
+
+
+@pytest.fixture(scope="session")
+def databases(test_db_uris, admin_uri):
+    """Fresh test databases, migrated to head, for the whole session; dropped after. Each
+    is owned by its service's role (as `make setup` does) and migrated as that role, so
+    the tests run with the services' privileges."""
     for service, uri in test_db_uris.items():
-        admin.drop_database(uri)
-        admin.create_database(uri)
+        admin.drop_database(uri, admin_uri)
+        admin.create_database(uri, admin_uri)
         admin.migrate(service, uri)
     yield test_db_uris
     for uri in test_db_uris.values():
-        admin.drop_database(uri)
+        admin.drop_database(uri, admin_uri)
 
 
 @pytest.fixture(scope="session")

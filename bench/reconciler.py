@@ -61,6 +61,7 @@ def env_int(name, default):
 class Bench:
     def __init__(self):
         self.config = load_config()
+        self.admin_uri = self.config.get("DB_ADMIN_URI") or admin.DEFAULT_ADMIN_URI
         self.suffix = f"_reconbench_{os.getpid()}"
         self.uris = {}
         for service in ("products", "orders"):
@@ -79,8 +80,8 @@ class Bench:
 
     def setup(self):
         for service, uri in self.uris.items():
-            admin.drop_database(uri)
-            admin.create_database(uri)
+            admin.drop_database(uri, self.admin_uri)
+            admin.create_database(uri, self.admin_uri)  # owned by the service's role
             admin.migrate(service, uri)
             self.engines[service] = create_engine(uri)
         self.rabbit.create_vhost(self.vhost)
@@ -91,7 +92,7 @@ class Bench:
         for engine in self.engines.values():
             engine.dispose()
         for uri in self.uris.values():
-            admin.drop_database(uri)
+            admin.drop_database(uri, self.admin_uri)
         try:
             self.rabbit.delete_vhost(self.vhost)
         except Exception:  # noqa: BLE001 - best effort

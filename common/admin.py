@@ -8,21 +8,38 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from common.config import ROOT
 
 SERVICES_WITH_DATABASE = ("customers", "products", "orders")
 
 
-def _server_engine(uri):
-    """An autocommit engine on the maintenance database of ``uri``'s server."""
-    return create_engine(
-        make_url(uri).set(database="postgres"), isolation_level="AUTOCOMMIT"
-    )
+DEFAULT_ADMIN_URI = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
-def create_database(uri):
-    """Create the database named in ``uri`` unless it exists; True if it was created."""
+def _server_engine(uri, admin_uri=None):
+    """An autocommit engine on the maintenance database of the server: ``admin_uri``'s
+    (a superuser's, DB_ADMIN_URI) when given, else ``uri``'s with ``uri``'s credentials."""
+    url = make_url(admin_uri) if admin_uri else make_url(uri).set(database="postgres")
+    return create_engine(url, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+
+
+def _ident(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value):
+    """A string literal for a statement given to ``text()`` (whose ``:name`` is a bind)."""
+    return "'" + value.replace("'", "''").replace(":", r"\:") + "'"
+
+
+def create_database(uri, admin_uri=None):
+    """Create the database named in ``uri`` unless it exists; True if it was created.
+    With ``admin_uri``, created by that (super)user and owned by ``uri``'s role (see
+    :func:`ensure_owner`, which also re-owns an existing one)."""
+    if admin_uri:
+        return ensure_owner(uri, admin_uri)
     name = make_url(uri).database
     engine = _server_engine(uri)
     try:
@@ -31,19 +48,101 @@ def create_database(uri):
                 text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
             )
             if not exists:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
+                conn.execute(text(f"CREATE DATABASE {_ident(name)}"))
             return not exists
     finally:
         engine.dispose()
 
 
-def drop_database(uri):
-    """Drop the database named in ``uri`` (closing its connections) if it exists."""
-    name = make_url(uri).database
-    engine = _server_engine(uri)
+def ensure_owner(uri, admin_uri):
+    """Least privilege, idempotently, as the superuser of ``admin_uri``: the role of
+    ``uri`` exists (LOGIN, NOSUPERUSER, NOCREATEDB, NOCREATEROLE; its password set when
+    ``uri`` carries one), the database of ``uri`` exists and is owned by it, only it (and
+    superusers) may connect to the database, and every relation and type of its public
+    schema (tables, sequences, alembic_version: an install made as ``postgres`` before)
+    is the role's. True if the database was created."""
+    url = make_url(uri)
+    name, role = url.database, url.username
+    if not role:
+        raise ValueError(f"no role (user) in the database URI of {name}")
+    engine = _server_engine(uri, admin_uri)
     try:
         with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            found = conn.execute(
+                text("SELECT rolsuper, rolcanlogin AND NOT rolcreatedb AND NOT rolcreaterole "
+                     "FROM pg_roles WHERE rolname = :r"), {"r": role}
+            ).first()
+            if found and found[0]:  # a URI still naming the superuser: nothing to narrow down
+                return _create_only(conn, name, role)
+            attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            if url.password:
+                attributes += f" PASSWORD {_literal(url.password)}"
+            if found is None:
+                try:
+                    conn.execute(text(f"CREATE ROLE {_ident(role)} {attributes}"))
+                except DBAPIError as error:  # created meanwhile (two test sessions at once)
+                    # duplicate_object, or unique_violation when the race is that close
+                    if getattr(error.orig, "pgcode", None) not in ("42710", "23505"):
+                        raise
+                    found = (False, False)
+            if found is not None and (not found[1] or url.password):
+                # ALTER only when needed: two sessions altering one role at once can fail
+                conn.execute(text(f"ALTER ROLE {_ident(role)} {attributes}"))
+            created = _create_only(conn, name, role)
+            if not created:
+                conn.execute(text(f"ALTER DATABASE {_ident(name)} OWNER TO {_ident(role)}"))
+            conn.execute(text(f"REVOKE CONNECT, TEMPORARY ON DATABASE {_ident(name)} FROM PUBLIC"))
+            conn.execute(text(f"GRANT CONNECT, TEMPORARY ON DATABASE {_ident(name)} TO {_ident(role)}"))
+    finally:
+        engine.dispose()
+    if not created:
+        _reown_objects(admin_uri, name, role)
+    return created
+
+
+def _create_only(conn, name, role):
+    exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
+    if not exists:
+        conn.execute(text(f"CREATE DATABASE {_ident(name)} OWNER {_ident(role)}"))
+    return not exists
+
+
+def _reown_objects(admin_uri, name, role):
+    """Every table, view, sequence and type of the public schema of database ``name``
+    owned by ``role`` (REASSIGN OWNED BY postgres would also try the system's objects).
+    Tables first: a sequence owned by a column follows its table."""
+    engine = create_engine(make_url(admin_uri).set(database=name),
+                           isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+    relations = text(
+        "SELECT c.relkind, quote_ident(c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = ANY(:kinds) "
+        "AND pg_get_userbyid(c.relowner) <> :role"
+    )
+    try:
+        with engine.connect() as conn:
+            for kinds in (["r", "p"], ["v", "m", "S"]):
+                for kind, rel in conn.execute(relations, {"kinds": kinds, "role": role}).all():
+                    what = {"v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}.get(kind, "TABLE")
+                    conn.execute(text(f"ALTER {what} public.{rel} OWNER TO {_ident(role)}"))
+            types = conn.scalars(text(
+                "SELECT quote_ident(t.typname) FROM pg_type t "
+                "JOIN pg_namespace n ON n.oid = t.typnamespace "
+                "WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') "
+                "AND pg_get_userbyid(t.typowner) <> :role"), {"role": role}).all()
+            for typ in types:
+                conn.execute(text(f"ALTER TYPE public.{typ} OWNER TO {_ident(role)}"))
+    finally:
+        engine.dispose()
+
+
+def drop_database(uri, admin_uri=None):
+    """Drop the database named in ``uri`` (closing its connections) if it exists."""
+    name = make_url(uri).database
+    engine = _server_engine(uri, admin_uri)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
     finally:
         engine.dispose()
 

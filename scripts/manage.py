@@ -18,6 +18,8 @@ logging.getLogger("amqp").setLevel(logging.ERROR)  # ping retries close channels
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sqlalchemy.engine import make_url  # noqa: E402
+
 from common import admin  # noqa: E402
 from common.config import ROOT, load_config  # noqa: E402
 
@@ -28,10 +30,17 @@ def database_uris(config):
     }
 
 
+def admin_uri(config):
+    return config.get("DB_ADMIN_URI") or admin.DEFAULT_ADMIN_URI
+
+
 def cmd_setup(args, config):
+    """As the superuser (DB_ADMIN_URI): each service's role and database, owned by it and
+    only it connecting (idempotent: re-owns an install made as postgres)."""
     for service, uri in database_uris(config).items():
-        created = admin.create_database(uri)
-        print(f"{service}: database {uri.rsplit('/', 1)[-1]} {'created' if created else 'exists'}")
+        created = admin.create_database(uri, admin_uri(config))
+        print(f"{service}: database {uri.rsplit('/', 1)[-1]} {'created' if created else 'exists'}"
+              f", owned by {make_url(uri).username}")
 
 
 def cmd_migrate(args, config):
@@ -162,11 +171,22 @@ def cmd_ports(args, config):
             print(f"{name:24s} http://{address:22s} {role}")
 
 
+def cmd_token(args, config):
+    """Print a bearer JWT for local use (AUTH_MODE=jwt): the admin's or a customer's,
+    HS256 with AUTH_JWT_SECRET, else the development secret the gateways use."""
+    from gateway import authz
+
+    if not args.role and args.customer is None:
+        sys.exit("token: --role admin or --customer <id>")
+    print(authz.mint(config, admin=args.role == "admin", customer_id=args.customer,
+                     ttl=args.ttl))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: config.yml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("setup", help="create the three databases").set_defaults(func=cmd_setup)
+    sub.add_parser("setup", help="create the three roles and databases").set_defaults(func=cmd_setup)
     migrate = sub.add_parser("migrate", help="alembic upgrade head, each service")
     migrate.add_argument(
         "--allow-ahead", action="store_true",
@@ -196,6 +216,11 @@ def build_parser():
     schema.add_argument("--timeout", type=float, default=600)
     schema.add_argument("--interval", type=float, default=2)
     schema.set_defaults(func=cmd_wait_schema)
+    token = sub.add_parser("token", help="print a local bearer JWT (AUTH_MODE=jwt)")
+    token.add_argument("--role", choices=["admin"], help="the admin (scope shop:admin)")
+    token.add_argument("--customer", type=int, help="a customer's id (its sub)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

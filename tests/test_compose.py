@@ -95,3 +95,16 @@ def test_every_command_names_a_real_service(services):
     assert {kinds[name] for name in ("customers", "products", "orders")} == {
         "customers", "products", "orders"}
     assert all(kinds[name] == "gateway" for name in kinds if name.startswith("gateway"))
+
+
+def test_backing_services_are_not_published_and_apps_use_least_privilege(services):
+    """RabbitMQ and PostgreSQL stay on the compose network; the app containers connect as
+    the broker's `shop` user (not guest) and each service's own database role."""
+    for name in ("rabbitmq", "postgres"):
+        assert not services[name].get("ports"), f"{name} must not be published"
+    for name, svc in app_services(services).items():
+        env = svc["environment"]
+        assert "guest" not in env["AMQP_URI"], name
+        for service in ("customers", "products", "orders"):
+            uri = env[f"{service.upper()}_DB_URI"]
+            assert uri.split("://", 1)[1].startswith(f"shop_{service}"), (name, uri)

@@ -48,6 +48,9 @@ LOCAL_ONLY = {
     "RABBIT_MANAGEMENT_URI", "GATEWAY_ADDRESSES", "OPS_HTTP_HOST",
     "CUSTOMERS_OPS_PORT", "PRODUCTS_OPS_PORT", "ORDERS_OPS_PORT",
     "CUSTOMERS_PROCESSES", "PRODUCTS_PROCESSES", "ORDERS_PROCESSES",
+    # `make setup` and the test suite's only: in a cluster, the roles and databases are
+    # the operator's (overlays/operators/postgres.yaml) or the DBA's (overlays/external).
+    "DB_ADMIN_URI",
 }
 CONFIG_VARIABLE = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
 REFERENCE = re.compile(r"\$\((\w+)\)")
