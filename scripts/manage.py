@@ -140,6 +140,20 @@ def cmd_wait(args, config):
         time.sleep(0.5)
     for url in gateway_urls(config):
         print(f"gateway ready: {url}/api/...")
+    print(auth_notice(config))
+
+
+def auth_notice(config):
+    """What `make up` says about who may call the API (gateway/authz.py)."""
+    from gateway.authz import auth_mode
+
+    mode = auth_mode(config)
+    if mode == "off":
+        return ("auth: off (AUTH_MODE): every route is open to anyone who reaches the "
+                "gateways; AUTH_MODE=jwt make restart, then make token ROLE=admin")
+    if mode == "tokens":
+        return "auth: static bearer tokens (API_TOKENS) on write routes"
+    return "auth: jwt: bearer tokens required (make token ROLE=admin | CUSTOMER=<id>)"
 
 
 def ping(config, service, timeout):
