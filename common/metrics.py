@@ -170,7 +170,6 @@ class Metrics(DependencyProvider):
         WORKERS_MAX.labels(service).set(self.container.max_workers)
         self.in_flight = WORKERS_IN_FLIGHT.labels(service)
         self.started = {}  # worker_ctx -> monotonic start
-        self.children = {}  # (entrypoint, outcome) -> (calls counter, duration histogram)
 
     def worker_setup(self, worker_ctx):
         self.in_flight.inc()
@@ -179,16 +178,10 @@ class Metrics(DependencyProvider):
     def worker_result(self, worker_ctx, result=None, exc_info=None):
         started = self.started.pop(worker_ctx, None)
         entrypoint = worker_ctx.entrypoint
-        outcome = outcome_of(exc_info[1] if exc_info else None)
-        key = (entrypoint, outcome)
-        if key not in self.children:  # labels() costs a lock and a dict per call: once each
-            labels = (worker_ctx.service_name, entrypoint.method_name, entrypoint_kind(entrypoint))
-            self.children[key] = (ENTRYPOINT_CALLS.labels(*labels, outcome),
-                                  ENTRYPOINT_DURATION.labels(*labels))
-        calls, duration = self.children[key]
-        calls.inc()
+        labels = (worker_ctx.service_name, entrypoint.method_name, entrypoint_kind(entrypoint))
+        child(ENTRYPOINT_CALLS, *labels, outcome_of(exc_info[1] if exc_info else None)).inc()
         if started is not None:
-            duration.observe(time.monotonic() - started)
+            child(ENTRYPOINT_DURATION, *labels).observe(time.monotonic() - started)
 
     def worker_teardown(self, worker_ctx):
         self.started.pop(worker_ctx, None)
