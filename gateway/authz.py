@@ -10,9 +10,10 @@
   the roles: ``scope`` containing ``shop:admin`` is the admin (manages the catalog, reads
   everything); ``sub`` is a customer's id (its own customer record and orders only).
 
-Keys: ``AUTH_JWT_PUBLIC_KEY`` (PEM; RS256/ES256) wins over ``AUTH_JWT_SECRET`` (HS256);
-with neither, a development secret is created once under ``.run/jwt-dev-secret`` (mode
-0600) and shared by every gateway and ``make token``.
+Keys (:class:`Verifier`, parsed once per process): a JWKS (``AUTH_JWT_JWKS``, file or
+URL), else a PEM public key (``AUTH_JWT_PUBLIC_KEY``), else an HMAC secret
+(``AUTH_JWT_SECRET``); with none of them, a development secret is created once under
+``.run/jwt-dev-secret`` (mode 0600) and shared by every gateway and ``make token``.
 
 :data:`RULES` maps each route (the service method's name) to a rule; a route missing from
 it is admin-only. The services stay callable by trusted RPC: nothing is checked there.
@@ -23,9 +24,11 @@ import secrets
 import time
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from common.config import ROOT
-from common.errors import Forbidden, Unauthorized
+from common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from customers.exceptions import CustomerNotFound
 from gateway.auth import configured_tokens
 from orders.exceptions import OrderNotFound
@@ -147,17 +150,127 @@ def public_key_pem(config):
     return value.replace("\\n", "\n")
 
 
-def verification_key(config):
-    """``(key, algorithms, source)``: a configured public key, else a configured secret,
-    else the development secret."""
-    public_key = public_key_pem(config)
-    if public_key:
-        algs = [alg for alg in algorithms(config, ["RS256", "ES256"]) if alg in ASYMMETRIC]
-        return public_key, algs, "AUTH_JWT_PUBLIC_KEY"
-    secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
-    if secret:
-        return secret, algorithms(config, ["HS256"]), "AUTH_JWT_SECRET"
-    return dev_secret(config), ["HS256"], f"development secret {dev_secret_path(config)}"
+def _key_algorithms(key):
+    """The asymmetric algorithms a public key object can verify."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ("ES256", "ES384", "ES512")
+    return ()
+
+
+class Verifier:
+    """How this gateway verifies bearer JWTs, built once per process from its config (a
+    key is parsed once, not per request). Key sources, the first configured wins:
+
+    - ``AUTH_JWT_JWKS``: a JWKS document (an identity provider's signing keys), a file
+      path or an ``http(s)://`` URL; the token's ``kid`` picks the key. A URL is fetched
+      with a ``AUTH_JWT_JWKS_TIMEOUT`` bound, cached for ``AUTH_JWT_JWKS_CACHE_SECONDS``
+      and fetched again for an unknown ``kid`` (at most once per
+      ``AUTH_JWT_JWKS_REFETCH_SECONDS``: unknown kids cannot make it fetch per request); when it cannot be fetched the request is
+      a 503, not a 401. Only asymmetric keys are used from it.
+    - ``AUTH_JWT_PUBLIC_KEY``: one PEM public key (RSA: RS*/PS*, EC: ES*).
+    - ``AUTH_JWT_SECRET``: an HMAC secret (HS256 unless ``AUTH_JWT_ALGORITHMS``).
+    - else the development secret (HS256), created under ``.run/``.
+
+    ``AUTH_JWT_ALGORITHMS`` narrows what is accepted; ``none`` never is, and a public key
+    never verifies an HMAC algorithm (no algorithm confusion).
+    """
+
+    def __init__(self, config):
+        self.issuer = issuer(config)
+        self.audience = audience(config)
+        self.leeway = float(config.get("AUTH_JWT_LEEWAY") or 0)
+        self._jwks_client = self._jwks = self._key = None
+        jwks = str(config.get("AUTH_JWT_JWKS") or "").strip()
+        public_key = public_key_pem(config)
+        secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
+        if jwks:
+            self.algorithms = [a for a in algorithms(config, ["RS256", "ES256"]) if a in ASYMMETRIC]
+            self.source = f"JWKS {jwks}"
+            if jwks.startswith(("http://", "https://")):
+                self._jwks_client = jwt.PyJWKClient(
+                    jwks, cache_keys=True, timeout=float(config.get("AUTH_JWT_JWKS_TIMEOUT") or 5),
+                    lifespan=float(config.get("AUTH_JWT_JWKS_CACHE_SECONDS") or 300),
+                    cooldown_duration=float(config.get("AUTH_JWT_JWKS_REFETCH_SECONDS", 30)),
+                )
+            else:
+                with open(jwks) as file:
+                    self._jwks = jwt.PyJWKSet.from_json(file.read())
+        elif public_key:
+            try:
+                self._key = serialization.load_pem_public_key(public_key.encode())
+            except ValueError as exc:
+                raise ValueError(f"AUTH_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from None
+            usable = _key_algorithms(self._key)
+            self.algorithms = [a for a in algorithms(config, list(usable[:1])) if a in usable]
+            self.source = "AUTH_JWT_PUBLIC_KEY"
+        elif secret:
+            self._key = secret
+            self.algorithms = algorithms(config, ["HS256"])
+            self.source = "AUTH_JWT_SECRET"
+        else:
+            self._key = dev_secret(config)
+            self.algorithms = ["HS256"]
+            self.source = f"development secret {dev_secret_path(config)}"
+        if not self.algorithms:
+            raise ValueError(f"AUTH_JWT_ALGORITHMS leaves no algorithm for the {self.source}")
+
+    def key_for(self, token):
+        """The key that must have signed ``token`` (by ``kid`` for a JWKS)."""
+        if self._key is not None:
+            return self._key
+        if self._jwks_client is not None:
+            try:
+                return self._jwks_client.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError as exc:
+                log.warning("JWKS not fetched: %s", exc)
+                raise ServiceUnavailable("the signing keys could not be fetched",
+                                         {"reason": "jwks"}) from None
+        kid = jwt.get_unverified_header(token).get("kid")
+        keys = [key for key in self._jwks.keys if key.key_id == kid or
+                (kid is None and len(self._jwks.keys) == 1)]
+        if not keys:
+            raise jwt.InvalidTokenError(f"no signing key with kid {kid!r}")
+        return keys[0].key
+
+    def claims(self, token):
+        """The verified claims of ``token``; raises InvalidToken (401)."""
+        try:
+            key = self.key_for(token)
+            # a key verifies only its own family (an RSA key handed an ES256 token would
+            # make PyJWT raise TypeError, not an invalid-token error)
+            accepted = self.algorithms if isinstance(key, str) else [
+                alg for alg in self.algorithms if alg in _key_algorithms(key)]
+            return jwt.decode(
+                token, key, algorithms=accepted,
+                audience=self.audience, issuer=self.issuer, leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("the bearer token is not valid", {"reason": str(exc)}) from None
+
+
+class Gate:
+    """A gateway process's authentication settings, read once from its config: the mode,
+    the static tokens (``tokens``) and the JWT :class:`Verifier` (``jwt``)."""
+
+    def __init__(self, config):
+        self.mode = auth_mode(config)
+        self.tokens = configured_tokens(config)
+        self.verifier = Verifier(config) if self.mode == "jwt" else None
+        self.signup_is_admins = config.get("AUTH_SIGNUP") == "admin"
+
+
+_gates = {}  # id(config) -> (config, Gate): one per container config, built on first use
+
+
+def gate(config):
+    """The :class:`Gate` of ``config`` (built once; a bad setting raises ValueError)."""
+    entry = _gates.get(id(config))
+    if entry is None or entry[0] is not config:
+        entry = _gates[id(config)] = (config, Gate(config))
+    return entry[1]
 
 
 def signing_secret(config):
@@ -188,13 +301,15 @@ def mint(config, admin=False, customer_id=None, ttl=3600, now=None):
 
 
 def describe(config):
-    """One line for the gateway's start log."""
-    mode = auth_mode(config)
-    if mode != "jwt":
-        return f"auth mode {mode}"
-    _, algs, source = verification_key(config)
-    return (f"auth mode jwt: tokens verified with the {source} ({', '.join(algs)}), "
-            f"iss {issuer(config)!r}, aud {audience(config)!r}")
+    """One line for the gateway's start log (builds the :class:`Gate`: a bad setting
+    fails the start)."""
+    settings = gate(config)
+    if settings.mode != "jwt":
+        return f"auth mode {settings.mode}"
+    verifier = settings.verifier
+    return (f"auth mode jwt: tokens verified with the {verifier.source} "
+            f"({', '.join(verifier.algorithms)}), iss {verifier.issuer!r}, "
+            f"aud {verifier.audience!r}")
 
 
 def bearer_token(request):
@@ -204,25 +319,17 @@ def bearer_token(request):
     return presented.strip()
 
 
-def authenticate(request, route, config):
-    """The verified Principal of a request for ``route`` (jwt mode), None on a public
-    route. Raises MissingToken / InvalidToken (401)."""
+def authenticate(request, route, settings):
+    """The verified Principal of a request for ``route`` under ``settings`` (a
+    :class:`Gate` in jwt mode), None on a public route. Raises MissingToken /
+    InvalidToken (401), ServiceUnavailable (503) when a JWKS URL cannot be fetched."""
     rule = RULES.get(route, "admin")
-    if rule == "public" or (rule == "signup" and config.get("AUTH_SIGNUP") != "admin"):
+    if rule == "public" or (rule == "signup" and not settings.signup_is_admins):
         return None
     token = bearer_token(request)
     if token is None:
         raise MissingToken("this route needs Authorization: Bearer <token>")
-    key, algs, _ = verification_key(config)
-    try:
-        claims = jwt.decode(
-            token, key, algorithms=algs, audience=audience(config), issuer=issuer(config),
-            options={"require": ["exp", "iss", "aud", "sub"]},
-            leeway=float(config.get("AUTH_JWT_LEEWAY") or 0),
-        )
-    except jwt.PyJWTError as exc:
-        raise InvalidToken("the bearer token is not valid", {"reason": str(exc)}) from None
-    principal = Principal(claims)
+    principal = Principal(settings.verifier.claims(token))
     request.environ[PRINCIPAL_KEY] = principal
     return principal
 

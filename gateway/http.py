@@ -54,7 +54,7 @@ from common.metrics import HTTP_RESPONSES, child
 from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
 from gateway import authz
-from gateway.auth import authorize, configured_tokens
+from gateway.auth import authorize
 from gateway.protocol import (
     CLIENT_SOCKET_KEY, CLOSE_AFTER_RESPONSE_KEY, JsonHttpProtocol, client_is_gone, peek,
 )
@@ -330,12 +330,12 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         sends slowly holds its own connection, never a worker slot."""
         config = self.container.config
         try:
-            mode = authz.auth_mode(config)
+            settings = authz.gate(config)
             principal = None
-            if mode == "tokens":
-                authorize(request, configured_tokens(config))
-            elif mode == "jwt":
-                principal = authz.authenticate(request, self.method_name, config)
+            if settings.mode == "tokens":
+                authorize(request, settings.tokens)
+            elif settings.mode == "jwt":
+                principal = authz.authenticate(request, self.method_name, settings)
             body = None
             if request.method in BODY_METHODS:
                 request.shallow = False

@@ -1,7 +1,8 @@
 """The API's OpenAPI document and its human docs page, both served by the gateway.
 
 * ``GET /api/openapi.json``: ``gateway/openapi.yaml`` (the one copy of the spec, kept in
-  the repository beside the routes it describes), read once and served as JSON.
+  the repository beside the routes it describes), read once and served as JSON, each
+  operation's ``security`` set for the gateway's ``AUTH_MODE`` (:func:`served_spec`).
 * ``GET /api/docs``: a Swagger UI page on that document.
 * ``GET /api/docs/<filename>``: Swagger UI's scripts, styles and icons. They come from the
   ``swagger-ui-bundle`` package (pinned in requirements.lock), never from a CDN: the docs
@@ -11,6 +12,7 @@
 The page uses relative URLs (``docs/swagger-ui.css``, ``openapi.json``), so it also works
 behind a proxy that mounts the API under a prefix.
 """
+import copy
 import functools
 import json
 import os
@@ -69,14 +71,44 @@ DOCS_PAGE = """<!DOCTYPE html>
 
 @functools.lru_cache(maxsize=None)
 def spec():
-    """The OpenAPI document as a dict (read once per process)."""
+    """The OpenAPI document as a dict (read once per process), as written: each
+    operation's ``security`` is the one ``AUTH_MODE=jwt`` enforces, and ``x-auth-rule``
+    names its rule in gateway/authz.py's ``RULES``."""
     with open(SPEC_PATH, encoding="utf-8") as stream:
         return yaml.safe_load(stream)
 
 
+def operations(document):
+    """``(method, path, operation)`` of every operation of ``document``."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "operationId" in operation:
+                yield method, path, operation
+
+
+BEARER = [{"bearer": []}]
+
+
 @functools.lru_cache(maxsize=None)
-def spec_json():
-    return json.dumps(spec(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def served_spec(mode, signup_is_admins=False):
+    """The document a gateway in ``AUTH_MODE`` ``mode`` serves: what a client must send
+    there. ``off``: no operation needs a token; ``tokens``: every POST does; ``jwt``: as
+    written, the sign-up needing one too when it is the admin's."""
+    document = copy.deepcopy(spec())
+    for method, _, operation in operations(document):
+        if mode == "off":
+            operation["security"] = []
+        elif mode == "tokens":
+            operation["security"] = BEARER if method == "post" else []
+        elif signup_is_admins and operation["x-auth-rule"] == "signup":
+            operation["security"] = BEARER
+    return document
+
+
+@functools.lru_cache(maxsize=None)
+def spec_json(mode, signup_is_admins=False):
+    document = served_spec(mode, signup_is_admins)
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,8 +122,8 @@ def assets():
     return found
 
 
-def spec_response():
-    return Response(spec_json(), 200, mimetype="application/json")
+def spec_response(mode, signup_is_admins=False):
+    return Response(spec_json(mode, signup_is_admins), 200, mimetype="application/json")
 
 
 def docs_response():

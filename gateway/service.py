@@ -143,8 +143,10 @@ class GatewayService:
 
     @http("GET", "/api/openapi.json")
     def openapi_spec(self, request):
-        """The OpenAPI 3 document of every route (gateway/openapi.yaml), as JSON."""
-        return openapi.spec_response()
+        """The OpenAPI 3 document of every route (gateway/openapi.yaml), as JSON, with the
+        security this gateway's ``AUTH_MODE`` enforces on each."""
+        settings = authz.gate(self.config)
+        return openapi.spec_response(settings.mode, settings.signup_is_admins)
 
     @http("GET", "/api/docs")
     def docs(self, request):

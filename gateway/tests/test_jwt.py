@@ -202,30 +202,60 @@ def test_an_unknown_auth_mode_is_refused():
 
 def test_the_development_secret_is_created_once_private(tmp_path):
     config = {"AUTH_MODE": "jwt", "AUTH_JWT_DEV_SECRET_PATH": str(tmp_path / "run" / "s")}
-    key, algorithms, source = authz.verification_key(config)
-    assert algorithms == ["HS256"] and "development secret" in source
+    verifier = authz.Verifier(config)
+    key = verifier.key_for("any token")
+    assert verifier.algorithms == ["HS256"] and "development secret" in verifier.source
     assert stat.S_IMODE(os.stat(tmp_path / "run" / "s").st_mode) == 0o600
-    assert authz.verification_key(config)[0] == key
+    assert authz.Verifier(config).key_for("any token") == key
     token = authz.mint(config, customer_id=5)  # what `make token` prints
     assert jwt.decode(token, key, algorithms=["HS256"], audience="shop-api")["sub"] == "5"
     # a configured key always wins
-    assert authz.verification_key({**config, "AUTH_JWT_SECRET": SECRET})[0] == SECRET
+    assert authz.Verifier({**config, "AUTH_JWT_SECRET": SECRET}).key_for("any token") == SECRET
 
 
-def test_a_public_key_never_accepts_symmetric_algorithms():
-    config = {"AUTH_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----...",
-              "AUTH_JWT_ALGORITHMS": "RS256,HS256,none"}
-    assert authz.verification_key(config)[1] == ["RS256"]
+def rsa_key():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def ec_key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def pem_of(private):
+    from cryptography.hazmat.primitives import serialization
+
+    return private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+@pytest.mark.parametrize("key, configured, accepted", [
+    (rsa_key, "RS256,HS256,none", ["RS256"]),
+    (rsa_key, "", ["RS256"]),
+    (ec_key, "", ["ES256"]),
+    (ec_key, "RS256,ES256,HS256", ["ES256"]),
+])
+def test_a_public_key_accepts_only_its_own_algorithms(key, configured, accepted):
+    config = {"AUTH_JWT_PUBLIC_KEY": pem_of(key()), "AUTH_JWT_ALGORITHMS": configured}
+    assert authz.Verifier(config).algorithms == accepted
+
+
+def test_a_bad_key_setting_fails_the_start(start_gateway):
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        authz.Verifier({"AUTH_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"})
+    with pytest.raises(ValueError, match="no algorithm"):
+        authz.Verifier({"AUTH_JWT_SECRET": SECRET, "AUTH_JWT_ALGORITHMS": "none"})
+    with pytest.raises(Exception):
+        start_gateway(AUTH_MODE="jwt", AUTH_JWT_PUBLIC_KEY="-----BEGIN PUBLIC KEY-----\nAAAA")
 
 
 def test_an_rs256_token_is_verified_with_the_public_key(start_gateway):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    private = rsa_key()
+    public_pem = pem_of(private)
     url = start_gateway(AUTH_MODE="jwt", AUTH_JWT_PUBLIC_KEY=public_pem, RPC_TIMEOUT=1)
     signed = jwt.encode(claims(scope="shop:admin", sub="admin"), private, algorithm="RS256")
     body = {"name": "p", "price": 1, "stock": 1}
@@ -263,3 +293,125 @@ def test_the_public_key_may_be_a_file_or_one_line(tmp_path):
     assert authz.public_key_pem({"AUTH_JWT_PUBLIC_KEY": str(tmp_path / "key.pem")}) == pem
     one_line = pem.replace("\n", "\\n")
     assert authz.public_key_pem({"AUTH_JWT_PUBLIC_KEY": one_line}) == pem
+
+
+def jwk_of(private, kid):
+    algorithm = jwt.algorithms.RSAAlgorithm if hasattr(private, "private_numbers") and \
+        not hasattr(private, "curve") else jwt.algorithms.ECAlgorithm
+    return {**algorithm.to_jwk(private.public_key(), as_dict=True), "kid": kid, "use": "sig"}
+
+
+def admin_token(private, algorithm, kid):
+    return jwt.encode(claims(scope="shop:admin", sub="admin"), private, algorithm=algorithm,
+                      headers={"kid": kid})
+
+
+def post_product(url, token):
+    return requests.post(f"{url}/api/products", json={"name": "p", "price": 1, "stock": 1},
+                         headers=bearer(token), timeout=10)
+
+
+def past_authorization(response):
+    """No products service runs on the gateway-only vhost: a request that passed
+    authorization gets the RPC's 503 (not the JWKS one)."""
+    return (response.status_code == 503
+            and response.json()["details"].get("reason") != "jwks")
+
+
+def test_a_jwks_file_picks_the_key_by_kid(start_gateway, tmp_path):
+    signer_a, signer_b = rsa_key(), ec_key()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk_of(signer_a, "a"), jwk_of(signer_b, "b")]}))
+    url = start_gateway(AUTH_MODE="jwt", AUTH_JWT_JWKS=str(path),
+                        AUTH_JWT_ALGORITHMS="RS256,ES256,HS256", RPC_TIMEOUT=1)
+    assert past_authorization(post_product(url, admin_token(signer_a, "RS256", "a")))
+    assert past_authorization(post_product(url, admin_token(signer_b, "ES256", "b")))
+    for token in (admin_token(signer_a, "RS256", "b"),      # signed by a, claims to be b
+                  admin_token(signer_a, "RS256", "c"),      # unknown kid
+                  admin_token(rsa_key(), "RS256", "a"),     # a stranger's key, a's kid
+                  jwt.encode(claims(scope="shop:admin", sub="admin"), SECRET,
+                             headers={"kid": "a"})):        # HMAC: never from a JWKS
+        answer = post_product(url, token)
+        assert answer.status_code == 401, answer.text
+
+
+class JwksServer:
+    """A real HTTP server of a JWKS document on a free port, in this process; ``hang``
+    makes it accept connections and never answer."""
+
+    def __init__(self, keys):
+        import http.server
+        import threading
+
+        document = json.dumps({"keys": keys}).encode()
+        self.hang = False
+        self.fetches = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.fetches += 1
+                while outer.hang:
+                    time.sleep(0.05)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(document)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.hang = False
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_jwks_url_is_fetched_once_and_a_hung_one_is_a_bounded_503(start_gateway):
+    signer = rsa_key()
+    idp = JwksServer([jwk_of(signer, "k1")])
+    try:
+        url = start_gateway(AUTH_MODE="jwt", AUTH_JWT_JWKS=idp.url, AUTH_JWT_JWKS_TIMEOUT=1,
+                            AUTH_JWT_JWKS_REFETCH_SECONDS=0, RPC_TIMEOUT=1)
+        for _ in range(3):
+            assert past_authorization(post_product(url, admin_token(signer, "RS256", "k1")))
+        assert idp.fetches == 1  # cached, not fetched per request
+        idp.hang = True
+        started = time.monotonic()
+        # an unknown kid makes the gateway fetch again (the IdP may have rotated its keys)
+        answer = post_product(url, admin_token(rsa_key(), "RS256", "k2"))
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["details"] == {"reason": "jwks"}
+        assert elapsed < 3, elapsed  # AUTH_JWT_JWKS_TIMEOUT (1 s), not forever
+        # a known kid is still verified from the cache while the IdP hangs
+        assert past_authorization(post_product(url, admin_token(signer, "RS256", "k1")))
+    finally:
+        idp.close()
+
+
+def test_secrets_and_tokens_never_reach_the_logs(start_gateway, caplog):
+    """Every log record of a jwt gateway and a tokens gateway, at DEBUG, across good and
+    bad tokens: neither the secrets nor any token presented appear in them."""
+    static_token = "static-" + uuid.uuid4().hex
+    with caplog.at_level("DEBUG"):
+        jwt_url = start_gateway(**JWT_CONFIG, RPC_TIMEOUT=1)
+        tokens_url = start_gateway(AUTH_MODE="tokens", API_TOKENS=static_token, RPC_TIMEOUT=1)
+        presented = [authz.mint(JWT_CONFIG, admin=True), authz.mint(JWT_CONFIG, customer_id=1),
+                     *tokens(1, 2).values()]
+        for token in presented:
+            post_product(jwt_url, token)
+            requests.get(f"{jwt_url}/api/customers/1", headers=bearer(token), timeout=10)
+        for token in (static_token, static_token + "x"):
+            post_product(tokens_url, token)
+    assert len(caplog.records) > 5  # the gateways did log (start lines, 503s)
+    logged = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    for secret in [SECRET, static_token] + [token for token in presented if token]:
+        for part in secret.split("."):  # no JWT segment either (a signature is the secret's)
+            if len(part) > 16:
+                assert part not in logged

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the live gateway against the OpenAPI document it serves.
 
-schemathesis (v4 API) takes the document (gateway/openapi.yaml as gateway/openapi.py loads
-it; a fixture checks that the gateway serves exactly that at ``/api/openapi.json``) and, for
+schemathesis (v4 API) takes the document (gateway/openapi.yaml as gateway/openapi.py serves
+it with auth off; a fixture checks that the gateway serves exactly that at ``/api/openapi.json``) and, for
 every operation (one test each, ``test_fuzz_<operationId>``), sends the spec's examples, its
 coverage cases (boundaries, each constraint broken in turn, other methods) and up to
 ``FUZZ_MAX_EXAMPLES`` (100) generated requests, valid and invalid: about 1,500 cases in
@@ -14,6 +14,10 @@ about 25 s. Every answer must be:
 ``FUZZ_STRICT=1`` also requires that every schema-valid request is accepted and every
 schema-invalid one rejected (``positive_data_acceptance``, ``negative_data_rejection``):
 the spec's constraints against the services' validation.
+
+The same operations are fuzzed again on a gateway with ``AUTH_MODE=jwt`` (the document it
+serves, where protected operations need the bearer), with an admin's token and with
+customer 1's: the statuses that authorization adds (401, 403, 404) must be the spec's.
 
 The databases are seeded first (a customer, a product, a confirmed and a cancelled order)
 so that small ids hit real rows and their 200 answers are checked too.
@@ -44,7 +48,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway import openapi
+from gateway import authz, openapi
+from tests.harness import Stack
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "100"))
 RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
@@ -91,13 +96,13 @@ def seeded_api(api, http_session):
 def served_api(seeded_api, http_session):
     """The seeded gateway, once it is known to serve the very document fuzzed here."""
     served = http_session.get(f"{seeded_api}/api/openapi.json", timeout=30)
-    assert served.status_code == 200 and served.json() == openapi.spec()
+    assert served.status_code == 200 and served.json() == openapi.served_spec("off")
     return seeded_api
 
 
 # Loaded at import, not with schemathesis.pytest.from_fixture(): with pytest 9.2 the lazy
 # loader of schemathesis 4.32.5 fails (it sets Function._nodeid, which pytest 9.2 dropped).
-schema = schemathesis.openapi.from_dict(openapi.spec())
+schema = schemathesis.openapi.from_dict(openapi.served_spec("off"))
 schema.config.update(request_timeout=30)
 OPERATION_IDS = [
     operation["operationId"]
@@ -126,36 +131,87 @@ def fuzz_report(request):
                 f"\nfuzz: {total} cases over {len(cases_sent)} operations in {elapsed:.1f} s:\n"
                 f"{per_operation}"
             )
-    if MAX_EXAMPLES >= 100 and len(cases_sent) == len(OPERATION_IDS):
-        assert total >= MIN_CASES, f"only {total} cases were sent"
+    off_mode = sum(n for label, n in cases_sent.items() if ": " not in label)
+    if MAX_EXAMPLES >= 100 and len(cases_sent) == len(OPERATION_IDS) * (1 + len(JWT_CALLERS)):
+        assert off_mode >= MIN_CASES, f"only {off_mode} cases were sent with auth off"
 
 
-def fuzz_test(operation_id):
+def fuzz_test(operation_id, fuzzed_schema=schema, target="served_api", caller=None,
+              max_examples=MAX_EXAMPLES):
     """``test_fuzz_<operationId>``: one pytest test per operation. (One test for the whole
     schema, ``@schema.parametrize()`` on a single function, gives every operation the same
-    node id under pytest 9.2, which breaks selection and reporting.)"""
+    node id under pytest 9.2, which breaks selection and reporting.) ``target`` is the
+    fixture giving the base URL; ``caller`` a key of JWT_CALLERS whose bearer token every
+    request carries (the jwt-mode runs)."""
+    label_prefix = f"{caller}: " if caller else ""
 
-    def test(case, served_api, http_session):
-        cases_sent[case.operation.label] += 1
+    def test(case, request, http_session):
+        base_url = request.getfixturevalue(target)
+        label = label_prefix + case.operation.label
+        cases_sent[label] += 1
         if STRICT and (case.headers or {}).get("Idempotency-Key"):
             # a key generated twice for different bodies is a legitimate 422, not a spec miss
             case.headers["Idempotency-Key"] = uuid.uuid4().hex
-        response = case.call_and_validate(base_url=served_api, session=http_session, checks=CHECKS)
-        statuses[case.operation.label][response.status_code] += 1
+        if caller:
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {JWT_CALLERS[caller]()}"}
+        response = case.call_and_validate(base_url=base_url, session=http_session, checks=CHECKS)
+        statuses[label][response.status_code] += 1
 
-    test.__name__ = test.__qualname__ = f"test_fuzz_{operation_id}"
+    name = f"test_fuzz_{operation_id}" + (f"_as_{caller}" if caller else "")
+    test.__name__ = test.__qualname__ = name
     test = settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=max_examples,
         deadline=None,
         database=None,  # nothing written to .hypothesis/
         derandomize=not RANDOM,
         suppress_health_check=list(HealthCheck),
     )(test)
-    return schema.include(operation_id=operation_id).parametrize()(test)
+    return name, fuzzed_schema.include(operation_id=operation_id).parametrize()(test)
 
 
 for _operation_id in OPERATION_IDS:
-    globals()[f"test_fuzz_{_operation_id}"] = fuzz_test(_operation_id)
+    _name, globals()[f"test_fuzz_{_operation_id}"] = fuzz_test(_operation_id)
+
+
+# AUTH_MODE=jwt: one more gateway process, on the e2e stack's broker and databases, that
+# enforces bearer JWTs; the document it serves (every protected operation needs the
+# bearer) is fuzzed with each caller's token: the admin (the issue's run) and customer 1
+# (the seeded customer: its own records answer 200, anyone else's 404, the admin's routes
+# 403). Its budget is smaller: the routes' validation was fuzzed above; this run is about
+# the answers auth adds (401, 403, 404) staying in the contract and never a 5xx.
+JWT_SECRET = "fuzz-" + "0123456789abcdef" * 3
+JWT_CONFIG = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": JWT_SECRET}
+JWT_MAX_EXAMPLES = max(MAX_EXAMPLES // 4, 1)
+JWT_CALLERS = {
+    "admin": lambda: authz.mint(JWT_CONFIG, admin=True),
+    "customer": lambda: authz.mint(JWT_CONFIG, customer_id=1),
+}
+jwt_schema = schemathesis.openapi.from_dict(openapi.served_spec("jwt"))
+jwt_schema.config.update(request_timeout=30)
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(stack, tmp_path_factory):
+    """A gateway with AUTH_MODE=jwt in front of the e2e stack's services."""
+    env = {**stack.env, **JWT_CONFIG}
+    with Stack(env, str(tmp_path_factory.mktemp("jwt-gateway")), {}, gateways=1) as gateway:
+        yield gateway.urls[0]
+
+
+@pytest.fixture
+def served_jwt_api(seeded_api, jwt_gateway, http_session):
+    """The jwt gateway, in front of the seeded databases, once it is known to serve the
+    jwt-mode document fuzzed here."""
+    served = http_session.get(f"{jwt_gateway}/api/openapi.json", timeout=30)
+    assert served.status_code == 200 and served.json() == openapi.served_spec("jwt")
+    return jwt_gateway
+
+
+for _caller in JWT_CALLERS:
+    for _operation_id in OPERATION_IDS:
+        _name, _test = fuzz_test(_operation_id, jwt_schema, "served_jwt_api", _caller,
+                                 JWT_MAX_EXAMPLES)
+        globals()[_name] = _test
 
 
 # Server bugs found by the fuzzing above and by probing around what it found: each is the

@@ -20,7 +20,7 @@ import yaml
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from nameko.web.handlers import HttpRequestHandler
 
-from gateway import openapi
+from gateway import authz, openapi
 from gateway.service import GatewayService
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -134,13 +134,58 @@ def test_every_post_documents_idempotency_and_errors(spec):
                 assert schema == resolve(spec, {"$ref": "#/components/schemas/Error"}), (path, status)
 
 
-def test_served_spec_is_the_file(stack, api):
+def test_served_spec_is_the_file_with_the_modes_security(stack, api):
+    """The e2e stack runs with auth off: the file, every operation open."""
     response = requests.get(f"{api}/api/openapi.json", timeout=10)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
     with open(openapi.SPEC_PATH, encoding="utf-8") as stream:
-        assert response.json() == yaml.safe_load(stream)
+        written = yaml.safe_load(stream)
+    for operation in spec_operations(written).values():
+        operation["security"] = []
+    assert response.json() == written
     assert response.json()["openapi"].startswith("3.")
+
+
+# What each rule of gateway/authz.py must declare: its security in jwt mode, and the
+# statuses it can answer besides the route's own (401: no or a bad token; 403: a role
+# that may not call it; 404: another customer's resource, answered as a missing one).
+RULE_CONTRACTS = {
+    "public": ([], set()),
+    "signup": ([{}, {"bearer": []}], {"401", "403"}),
+    "admin": ([{"bearer": []}], {"401", "403"}),
+    "own_customer": ([{"bearer": []}], {"401", "404"}),
+    "place_order": ([{"bearer": []}], {"401", "403"}),
+    "own_order": ([{"bearer": []}], {"401", "403", "404"}),
+    "cancel_order": ([{"bearer": []}], {"401", "403", "404"}),
+}
+
+
+def test_every_operation_declares_the_rule_the_gateway_enforces(spec):
+    operations = {op["operationId"]: op for op in spec_operations(spec).values()}
+    assert set(operations) == set(authz.RULES), "gateway/authz.py RULES and the spec differ"
+    for name, operation in operations.items():
+        rule = operation["x-auth-rule"]
+        assert rule == authz.RULES[name], name
+        security, statuses = RULE_CONTRACTS[rule]
+        assert operation["security"] == security, name
+        assert statuses <= set(operation["responses"]), (name, statuses)
+
+
+@pytest.mark.parametrize("mode, signup_is_admins, secured", [
+    ("off", False, set()),
+    ("tokens", False, {"create_customer", "create_product", "create_order", "cancel_order"}),
+    ("jwt", False, {"list_customers", "get_customer", "list_customer_orders", "create_product",
+                    "create_order", "get_order", "cancel_order"}),
+    ("jwt", True, {"create_customer", "list_customers", "get_customer", "list_customer_orders",
+                   "create_product", "create_order", "get_order", "cancel_order"}),
+])
+def test_the_served_spec_says_what_the_mode_requires(mode, signup_is_admins, secured):
+    """Operations whose only security requirement is the bearer token, per mode."""
+    served = openapi.served_spec(mode, signup_is_admins)
+    required = {op["operationId"] for op in spec_operations(served).values()
+                if op["security"] == [{"bearer": []}]}
+    assert required == secured
 
 
 def test_every_request_example_is_accepted(spec, stack, api):
