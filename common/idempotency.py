@@ -10,7 +10,7 @@ import re
 
 from common.errors import BadRequest, ValidationError
 
-KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,100}$")  # printable ASCII, no spaces
+KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces (fullmatch)
 
 
 class IdempotencyKeyReused(ValidationError):
@@ -25,7 +25,7 @@ class InvalidIdempotencyKey(BadRequest):
 
 def checked_key(key):
     """``key`` if it is ``None`` or well-formed; raises InvalidIdempotencyKey (400)."""
-    if key is None or (isinstance(key, str) and KEY_PATTERN.match(key)):
+    if key is None or (isinstance(key, str) and KEY_PATTERN.fullmatch(key)):
         return key
     raise InvalidIdempotencyKey(details={"idempotency_key": str(key)[:100]})
 

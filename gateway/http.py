@@ -60,7 +60,7 @@ from gateway.protocol import (
 )
 
 REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
+REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")  # fullmatch: no trailing newline
 DEFAULT_LISTEN_BACKLOG = 1024
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 10.0
@@ -99,7 +99,7 @@ def request_id_of(request):
     if "shop.request_id" not in request.environ:
         given = request.headers.get(REQUEST_ID_HEADER, "")
         request.environ["shop.request_id"] = (
-            given if REQUEST_ID_PATTERN.match(given) else uuid.uuid4().hex
+            given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
         )
     return request.environ["shop.request_id"]
 

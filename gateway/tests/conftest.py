@@ -1,7 +1,10 @@
 """Fixtures of the gateway's own tests: a real gateway container on a free port."""
 import pytest
 
+from customers.service import CustomersService
 from gateway.service import GatewayService
+from orders.service import OrdersService
+from products.service import ProductsService
 from tests.harness import free_port
 
 
@@ -16,6 +19,23 @@ def start_gateway(container_factory, rabbit_config, base_config):
         config = {**base_config, **rabbit_config, "WEB_SERVER_ADDRESS": address, **overrides}
         config.pop("LOGGING", None)
         container_factory(GatewayService, config).start()
+        return f"http://{address}"
+
+    return start
+
+
+@pytest.fixture
+def start_shop(runner_factory, service_config):
+    """``start_shop(**config_overrides)``: the whole shop in this process (a gateway and
+    the three services, on a fresh vhost and the clean test databases); returns the
+    gateway's base URL."""
+
+    def start(**overrides):
+        address = f"127.0.0.1:{free_port()}"
+        config = {**service_config, "WEB_SERVER_ADDRESS": address, "RECOVERY_INTERVAL": 0,
+                  "HOLD_CHECK_INTERVAL": 0, **overrides}
+        runner_factory(config, GatewayService, CustomersService, ProductsService,
+                       OrdersService).start()
         return f"http://{address}"
 
     return start

@@ -13,12 +13,7 @@ import jwt
 import pytest
 import requests
 
-from customers.service import CustomersService
 from gateway import authz
-from gateway.service import GatewayService
-from orders.service import OrdersService
-from products.service import ProductsService
-from tests.harness import free_port
 
 SECRET = "test-secret-" + "0123456789abcdef" * 4  # long enough for HS512 too
 JWT_CONFIG = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET, "AUTH_JWT_ISSUER": "shop",
@@ -59,15 +54,10 @@ def tokens(owner, other):
 
 
 @pytest.fixture
-def shop(runner_factory, service_config):
+def shop(start_shop):
     """The whole shop in jwt mode: returns ``(url, tokens, ids)`` with two customers
     (owner, other), a product and an order of the owner's."""
-    address = f"127.0.0.1:{free_port()}"
-    config = {**service_config, **JWT_CONFIG, "WEB_SERVER_ADDRESS": address,
-              "RECOVERY_INTERVAL": 0, "HOLD_CHECK_INTERVAL": 0}
-    runner_factory(config, GatewayService, CustomersService, ProductsService,
-                   OrdersService).start()
-    url = f"http://{address}"
+    url = start_shop(**JWT_CONFIG)
     ids = {}
     for name in ("owner", "other"):
         response = requests.post(f"{url}/api/customers", timeout=10,
