@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-check bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -54,10 +54,14 @@ logs:  ## follow every process's log
 seed: migrate  ## fake data: make seed SEED_CUSTOMERS=10000 SEED_PRODUCTS=100000
 	$(MANAGE) seed --customers $(SEED_CUSTOMERS) --products $(SEED_PRODUCTS)
 
-bench:  ## load benchmark of the running stack (`make up` first): BENCH_DURATION=10 BENCH_CONNECTIONS=50
+bench:  ## load benchmark of the running stack (`make up` first): BENCH_DURATION=10 BENCH_CONNECTIONS=50; BENCH_PROFILE=quick: 4 scenarios in under a minute
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
 	@bash bench/ensure-wrk.sh
 	@$(BIN)/python bench/run.py
+
+bench-check:  ## offline self-check of bench/ (imports every module; no stack, no load)
+	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make build\` first" >&2; exit 3; }
+	@$(BIN)/python bench/selfcheck.py
 
 bench-scaling:  ## bench with 1, 2 and 4 products/orders processes (restarts the stack): BENCH_SCALING=1,2,4
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }

@@ -1,7 +1,7 @@
--- Shared by every wrk scenario script of `make bench` (bench/run.py drives wrk).
+-- Shared by every wrk scenario script of `make bench` (bench/wrk.py drives wrk).
 --
 -- A scenario script defines make_request() (and optionally scenario_init()), then loads
--- this file. Configuration comes from the environment set by bench/run.py:
+-- this file. Configuration comes from the environment set by bench/wrk.py:
 --   WRKB_LUA_DIR   this folder              WRKB_PORTS     "8000,8001,8002"
 --   WRKB_DURATION  seconds of load          WRKB_MARK_DIR  a folder for "thread done" marks
 --   WRKB_HOST      always 127.0.0.1         WRKB_TAG       a random tag of this run
@@ -12,7 +12,7 @@
 --
 -- Draining: after WRKB_DURATION seconds a thread stops sending new requests (request()
 -- returns "", which writes nothing) and waits for the answers to the requests it has in
--- flight; when it has them all it marks itself done and stops. bench/run.py stops wrk
+-- flight; when it has them all it marks itself done and stops. bench/wrk.py stops wrk
 -- (SIGINT) once every thread is done. So no request is abandoned half-way: every request
 -- that reached the gateway was answered and counted here, which makes the stock
 -- invariant of the hot-product scenario exact, and leaves no load behind for the next
@@ -20,7 +20,7 @@
 -- refused connection it also counts requests that were never written).
 --
 -- done() prints one line "BENCH_JSON {...}" with the totals, per-status counts and
--- latency percentiles (microseconds), parsed by bench/run.py.
+-- latency percentiles (microseconds), parsed by bench/wrk.py.
 
 local ffi = require("ffi")
 ffi.cdef [[
