@@ -145,7 +145,7 @@ def cmd_wait(args, config):
 
 def auth_notice(config):
     """What `make up` says about who may call the API (gateway/authz.py)."""
-    from gateway.authz import auth_mode
+    from gateway.authz import auth_mode, describe
 
     mode = auth_mode(config)
     if mode == "off":
@@ -153,7 +153,9 @@ def auth_notice(config):
                 "gateways; AUTH_MODE=jwt make restart, then make token ROLE=admin")
     if mode == "tokens":
         return "auth: static bearer tokens (API_TOKENS) on write routes"
-    return "auth: jwt: bearer tokens required (make token ROLE=admin | CUSTOMER=<id>)"
+    # builds the verifier as a gateway does: a bad key setting fails `make up` here, and
+    # without any key this is where the development secret is created (and said so)
+    return f"auth: {describe(config)}; make token ROLE=admin | CUSTOMER=<id>"
 
 
 def ping(config, service, timeout):
@@ -196,6 +198,39 @@ def cmd_token(args, config):
                      ttl=args.ttl))
 
 
+def cmd_broker_user(args, config):
+    """As the broker's administrator (``--admin-uri``, default ``$RABBIT_ADMIN_URI``: the
+    management API, ``http://admin:pw@host:15672``): the vhost, user and password of
+    AMQP_URI, with the shop's permissions only (common/broker_permissions.py). Retries
+    until the management API answers (``--timeout``). Idempotent."""
+    from urllib.parse import unquote, urlsplit
+
+    import requests
+
+    from common import broker_permissions
+
+    admin = args.admin_uri or os.environ.get("RABBIT_ADMIN_URI")
+    if not admin:
+        sys.exit("broker-user: --admin-uri or RABBIT_ADMIN_URI (the management API as admin)")
+    amqp = urlsplit(config["AMQP_URI"].split(";")[0])
+    user, password = unquote(amqp.username or ""), unquote(amqp.password or "")
+    vhost = unquote(amqp.path[1:]) or "/"
+    if user == "guest" or user == urlsplit(admin).username:
+        sys.exit(f"broker-user: AMQP_URI's user is {user!r}: give the shop a user of its own")
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            broker_permissions.apply(admin, vhost, user, password,
+                                     default_queue_type=args.default_queue_type)
+            break
+        except (requests.RequestException, broker_permissions.ManagementError) as exc:
+            starting = not isinstance(exc, broker_permissions.ManagementError) or exc.status >= 500
+            if not starting or time.monotonic() > deadline:  # e.g. 401: a wrong password
+                sys.exit(f"broker-user: {exc}")
+            time.sleep(2)
+    print(f"RabbitMQ: user {user} on vhost {vhost}, the shop's permissions only")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: config.yml)")
@@ -230,6 +265,14 @@ def build_parser():
     schema.add_argument("--timeout", type=float, default=600)
     schema.add_argument("--interval", type=float, default=2)
     schema.set_defaults(func=cmd_wait_schema)
+    broker = sub.add_parser(
+        "broker-user", help="the AMQP_URI's vhost and user, with the shop's permissions only")
+    broker.add_argument("--admin-uri", help="management API as admin (default: $RABBIT_ADMIN_URI)")
+    broker.add_argument("--default-queue-type", choices=["classic", "quorum"],
+                        help="of a vhost it creates (default: the broker's)")
+    broker.add_argument("--timeout", type=float, default=120,
+                        help="seconds to retry while the management API does not answer")
+    broker.set_defaults(func=cmd_broker_user)
     token = sub.add_parser("token", help="print a local bearer JWT (AUTH_MODE=jwt)")
     token.add_argument("--role", choices=["admin"], help="the admin (scope shop:admin)")
     token.add_argument("--customer", type=int, help="a customer's id (its sub)")

@@ -11,9 +11,12 @@ management 1570N, distribution 2570N, files under ``.run/rabbitmq-N/``), joins t
 one cluster, and creates the vhost ``shop`` whose default queue type is quorum: Nameko's
 queues (``rpc-<service>``, the event handlers', and its reply queues too, which kombu
 declares durable, with ``x-expires``) are then quorum queues replicated on every node,
-with no client change. It is idempotent (a stopped node is started and rejoins) and
-prints the ``AMQP_URI`` to give `make up`: the three URIs, ``;``-separated (kombu fails
-over).
+with no client change. The vhost's only user is ``shop``, with the shop's permissions
+(common/broker_permissions.py: its queues and exchanges, nothing else) and a random
+password kept in the first node's directory; ``guest`` is deleted (the nodes are managed
+with ``rabbitmqctl``, which needs no user). It is idempotent (a stopped node is started
+and rejoins) and prints the ``AMQP_URI`` to give `make up`: the three URIs, as ``shop``,
+``;``-separated (kombu fails over).
 
     python scripts/rabbit_cluster.py up|down|status
 """
@@ -21,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,13 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 if __package__ in (None, ""):  # `python3 scripts/rabbit_cluster.py`: import from the repository
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.broker_permissions import rabbitmqctl_args  # noqa: E402
 from scripts.processes import free_port, process_alive, wait_for  # noqa: E402
 
 RABBITMQ_BIN = "/usr/lib/rabbitmq/bin"
 INSTALLED_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 START_TIMEOUT = 120
 VHOST = "shop"
-USER, PASSWORD = "guest", "guest"
+USER = "shop"  # the vhost's only user; its password: RabbitCluster.password
 # Schedulers that sleep instead of spinning: several nodes share two cores with the stack.
 ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
@@ -59,8 +64,8 @@ class RabbitNode:
         self.management_port = management_port
         self.cookie = cookie
 
-    def uri(self, vhost=""):
-        return f"pyamqp://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{vhost}"
+    def uri(self, user, password, vhost=""):
+        return f"pyamqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
 
     @property
     def pid_file(self):
@@ -184,14 +189,34 @@ class RabbitCluster:
     """Nodes joined into one cluster (the first is the one the others join), with a vhost
     whose durable queues are quorum queues."""
 
-    def __init__(self, nodes, vhost=VHOST):
+    def __init__(self, nodes, vhost=VHOST, user=USER):
         self.nodes = nodes
         self.vhost = vhost
+        self.user = user
+
+    @property
+    def password_file(self):
+        return os.path.join(self.nodes[0].base_dir, f"{self.user}-password")
+
+    @property
+    def password(self):
+        """The user's password: made once, kept (mode 600) in the first node's directory."""
+        with contextlib.suppress(FileNotFoundError):
+            with open(self.password_file) as stream:
+                return stream.read().strip()
+        os.makedirs(os.path.dirname(self.password_file), exist_ok=True)
+        password = secrets.token_hex(16)  # goes into the URI and rabbitmqctl as it is
+        descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(password)
+        return password
 
     @property
     def amqp_uri(self):
-        """Every node's URI on the vhost, ``;``-separated: kombu's failover list."""
-        return ";".join(node.uri(self.vhost) for node in self.nodes)
+        """Every node's URI on the vhost, as the shop's user, ``;``-separated: kombu's
+        failover list."""
+        password = self.password
+        return ";".join(node.uri(self.user, password, self.vhost) for node in self.nodes)
 
     def node(self, nodename):
         return next(node for node in self.nodes if node.nodename == nodename)
@@ -224,8 +249,21 @@ class RabbitCluster:
                 node.ctl("start_app")
         if self.vhost not in seed.ctl("list_vhosts", "--quiet", "--no-table-headers").split():
             seed.ctl("add_vhost", self.vhost, "--default-queue-type", "quorum")
-        seed.ctl("set_permissions", "-p", self.vhost, USER, ".*", ".*", ".*")
+        self._shop_user(seed)
         return self
+
+    def _shop_user(self, seed):
+        """The user, its password, no tags, only the shop's permissions; no guest."""
+        users = [line.split()[0] for line in
+                 seed.ctl("list_users", "--quiet", "--no-table-headers").splitlines() if line]
+        if self.user in users:
+            seed.ctl("change_password", self.user, self.password)
+        else:
+            seed.ctl("add_user", self.user, self.password)
+        seed.ctl("set_user_tags", self.user)
+        seed.ctl(*rabbitmqctl_args(self.vhost, self.user))
+        if "guest" in users:
+            seed.ctl("delete_user", "guest")
 
     def down(self):
         for node in reversed(self.nodes):

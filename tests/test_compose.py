@@ -105,6 +105,48 @@ def test_backing_services_are_not_published_and_apps_use_least_privilege(service
     for name, svc in app_services(services).items():
         env = svc["environment"]
         assert "guest" not in env["AMQP_URI"], name
+        if name == "rabbitmq-setup":
+            continue  # the broker's user only: no database
         for service in ("customers", "products", "orders"):
             uri = env[f"{service.upper()}_DB_URI"]
             assert uri.split("://", 1)[1].startswith(f"shop_{service}"), (name, uri)
+
+
+def test_the_shop_broker_user_is_not_the_administrator_and_management_is_private(services):
+    """RabbitMQ's default user is its administrator, used only by the one-shot
+    rabbitmq-setup (scripts/manage.py broker-user), which gives AMQP_URI's user the shop's
+    permissions (common/broker_permissions.py) before any app container starts; the
+    management port is not published."""
+    from urllib.parse import urlsplit
+
+    rabbit = services["rabbitmq"]
+    admin = rabbit["environment"]["RABBITMQ_DEFAULT_USER"]
+    assert admin and admin != "guest"
+    assert "RABBITMQ_DEFAULT_VHOST" not in rabbit["environment"]  # `shop` is setup's
+    published = [port for svc in services.values() for port in svc.get("ports") or []]
+    assert not any("15672" in str(port) or "5672" in str(port) for port in published), published
+
+    setup = services["rabbitmq-setup"]
+    kind, parsed, _ = check_command(setup["command"])
+    assert (kind, parsed.command, parsed.default_queue_type) == ("manage", "broker-user", "quorum")
+    assert urlsplit(setup["environment"]["RABBIT_ADMIN_URI"]).username == admin
+    assert setup["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+    apps = app_services(services)
+    shop_uris = {svc["environment"]["AMQP_URI"] for name, svc in apps.items()
+                 if name != "migrate"}
+    assert shop_uris == {setup["environment"]["AMQP_URI"]}, "one broker user, the one setup makes"
+    (shop_uri,) = shop_uris
+    assert urlsplit(shop_uri).username not in (admin, "guest")
+    assert urlsplit(shop_uri).path == "/shop"
+    for name, svc in apps.items():
+        if name in ("migrate", "rabbitmq-setup"):
+            continue
+        env = svc["environment"]
+        assert not {"RABBIT_ADMIN_URI", "RABBIT_MANAGEMENT_URI"} & set(env), name
+        assert not any(admin in str(value).split("://", 1)[-1].split("@")[0]
+                       for value in env.values() if "@" in str(value)), name
+        assert "rabbitmq-setup" in dependencies(services, name), name
+        if name in ("customers", "products", "orders"):
+            assert svc["depends_on"]["rabbitmq-setup"]["condition"] == (
+                "service_completed_successfully")

@@ -22,7 +22,7 @@ import yaml
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from common import admin
+from common import admin, broker_permissions
 from common.config import ROOT
 from tests.deploy_commands import check_command
 
@@ -454,10 +454,18 @@ def test_configmap_is_config_yml(overlay):
 def test_external_overlay_reads_example_uris_from_its_secret():
     objects = render("external")
     assert not [obj for obj in objects if obj["apiVersion"] in OPERATOR_API_VERSIONS]
-    (secret,) = of_kind(objects, "Secret")
-    assert secret["metadata"]["name"].startswith("shop-backing-")  # content hash
     amqp, databases = connection_variables()
-    values = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    # shop-backing (AMQP_URI) and one Secret per service (its database URI alone), each
+    # name with a hash of its content
+    secrets = {secret["metadata"]["name"].rpartition("-")[0]: secret
+               for secret in of_kind(objects, "Secret")}
+    assert set(secrets) == {"shop-backing", *(f"shop-{s}-db" for s in databases)}
+    values = {}
+    for name, secret in secrets.items():
+        keys = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+        service = name.removeprefix("shop-").removesuffix("-db")
+        assert set(keys) == ({databases[service]} if service in databases else {amqp}), name
+        values |= keys
     assert set(values) == {amqp, *databases.values()}
     for service, variable in databases.items():
         url = make_url(values[variable])
@@ -483,12 +491,15 @@ def test_operator_objects():
     for database in of_kind(objects, "Database"):
         assert database["apiVersion"] == "postgresql.cnpg.io/v1"
         assert database["spec"]["cluster"]["name"] == cluster["metadata"]["name"]
-        assert database["spec"]["owner"] == initdb["owner"]
-        databases.add(database["spec"]["name"])
+        databases.add(database["spec"]["name"])  # owners: test_managed_roles_...
 
     # What every pod connects to is what these objects make: the operators' Services
-    # and the Secrets they generate (<cluster>-default-user, <cluster>-app).
+    # and Secrets (<user>-user-credentials; <cluster>-<service>-user, each service's
+    # role's, which CloudNativePG reads: test_managed_roles_are_unprivileged_...).
     rabbit_name, db_name = rabbit["metadata"]["name"], cluster["metadata"]["name"]
+    # the broker: the Topology Operator's User (Secret <user>-user-credentials) on its Vhost
+    (user,), (vhost,) = of_kind(objects, "User"), of_kind(objects, "Vhost")
+    credentials = f"{user['metadata']['name']}-user-credentials"
     amqp, uri_variables = connection_variables()
     seen = set()
     for workload in workloads(objects):
@@ -497,15 +508,219 @@ def test_operator_objects():
             for variable in required_variables(container):
                 if variable == amqp:
                     assert env[amqp] == (
-                        f"pyamqp://secret.{rabbit_name}-default-user.username:"
-                        f"secret.{rabbit_name}-default-user.password@{rabbit_name}:5672/")
+                        f"pyamqp://secret.{credentials}.username:"
+                        f"secret.{credentials}.password@{rabbit_name}:5672/"
+                        f"{vhost['spec']['name']}")
                     continue
                 url = make_url(env[variable])
+                (service,) = [s for s, v in uri_variables.items() if v == variable]
                 assert (url.username, url.password, url.host, url.port) == (
-                    f"secret.{db_name}-app.username", f"secret.{db_name}-app.password",
+                    f"secret.{db_name}-{service}-user.username",
+                    f"secret.{db_name}-{service}-user.password",
                     f"{db_name}-rw", 5432), where(workload, container)
                 seen.add(url.database)
     assert seen == databases == {f"shop_{service}" for service in uri_variables}
+
+
+# --- least privilege in PostgreSQL (one role per service) ----------------------------------
+
+
+READ_REPLICA_VARIABLE = "PRODUCTS_READ_DB_URI"  # config.yml: products' reads on a replica
+
+
+def database_variables():
+    """Every variable config.yml reads a PostgreSQL URI from, and whose database it is."""
+    _, databases = connection_variables()
+    owner_of = {variable: service for service, variable in databases.items()}
+    return owner_of | {READ_REPLICA_VARIABLE: "products"}
+
+
+def cluster_roles(objects):
+    """``{Secret name: role}`` of the CloudNativePG Cluster's managed roles (empty in an
+    overlay without one): the Secret whose username and password the role logs in with."""
+    roles = {}
+    for cluster in of_kind(objects, "Cluster"):
+        for role in cluster["spec"].get("managed", {}).get("roles", []):
+            roles[role["passwordSecret"]["name"]] = role["name"]
+    return roles
+
+
+def database_secrets(objects):
+    """``{Secret name: {service, ...}}``: every Secret holding a database credential, and
+    the services' databases it opens. The operators overlay: each managed role's Secret
+    (the role shop_<service>); the external one: each Secret with a database URI."""
+    found = {name: {role.removeprefix("shop_")} for name, role in cluster_roles(objects).items()}
+    variables = database_variables()
+    for secret in of_kind(objects, "Secret"):
+        services = {variables[key] for key in secret.get("data") or {} if key in variables}
+        if services:
+            found[secret["metadata"]["name"]] = services
+    return found
+
+
+def secrets_read(container):
+    """The names of every Secret a container's environment comes from."""
+    names = {source["secretRef"]["name"] for source in container.get("envFrom", [])
+             if "secretRef" in source}
+    names |= {entry["valueFrom"]["secretKeyRef"]["name"] for entry in container.get("env", [])
+              if "secretKeyRef" in entry.get("valueFrom", {})}
+    return names
+
+
+def services_reachable(workload):
+    """The databases a workload's pods are meant to open: a service its own, the
+    migration Job the three, the gateway none."""
+    name = workload["metadata"]["name"]
+    if workload["kind"] == "Job":
+        return set(admin.SERVICES_WITH_DATABASE)
+    return {name} & set(admin.SERVICES_WITH_DATABASE)
+
+
+def test_each_pod_holds_its_own_database_credentials_only(overlay):
+    """A service's pods (the service and its schema wait) can read one database
+    credential, its own role's; the migration Job the three; the gateway none. And each
+    URI a pod is given names that role and that database."""
+    objects = render(overlay)
+    secrets = database_secrets(objects)
+    roles = cluster_roles(objects)
+    variables = database_variables()
+    assert set().union(*secrets.values()) == set(admin.SERVICES_WITH_DATABASE), secrets
+    deployments = {d["metadata"]["name"] for d in of_kind(objects, "Deployment")}
+    assert "gateway" in deployments and set(admin.SERVICES_WITH_DATABASE) <= deployments
+    for workload in workloads(objects):
+        expected = services_reachable(workload)
+        for container in containers(workload):
+            context = where(workload, container)
+            read = secrets_read(container)
+            opened = set().union(*(secrets[name] for name in read if name in secrets))
+            assert opened == expected, f"{context}: credentials of {sorted(opened)}"
+            env = resolved_env(container, objects)
+            given = {variable for variable in env if variable in variables}
+            assert {variables[variable] for variable in given} == expected, (
+                f"{context}: {sorted(given)}")
+            for variable in given:
+                service = variables[variable]
+                url = make_url(env[variable])
+                secret, _, key = url.username.removeprefix("secret.").rpartition(".")
+                role = roles[secret] if url.username.startswith("secret.") else url.username
+                assert (role, url.database) == (f"shop_{service}", f"shop_{service}"), (
+                    f"{context}: {variable}")
+                if url.username.startswith("secret."):  # its password from the same Secret
+                    assert key == "username"
+                    assert url.password == f"secret.{secret}.password", f"{context}: {variable}"
+
+
+def hba_method(rules, database, user):
+    """The method of the first pg_hba rule matching a TCP connection of ``user`` to
+    ``database``: the Cluster's own rules, then CloudNativePG's default (a
+    ``host all all all`` rule). Its fixed rules come first but name only its own
+    users (streaming_replica, cnpg_pooler_pgbouncer) over TCP."""
+    for rule in [*rules, "host all all all scram-sha-256"]:
+        kind, databases, users, _address, method, *_ = rule.split()
+        if kind not in ("host", "hostssl"):
+            continue
+        if {"all", database} & set(databases.split(",")) and {"all", user} & set(users.split(",")):
+            return method
+    raise AssertionError("no rule")
+
+
+def test_managed_roles_are_unprivileged_and_each_owns_one_database():
+    objects = render("operators")
+    (cluster,) = of_kind(objects, "Cluster")
+    spec = cluster["spec"]
+    roles = {role["name"]: role for role in spec["managed"]["roles"]}
+    services = admin.SERVICES_WITH_DATABASE
+    assert set(roles) == {f"shop_{service}" for service in services}
+    for name, role in roles.items():
+        assert role.get("ensure", "present") == "present", name
+        assert role.get("login") is True, name
+        for attribute in ("superuser", "createdb", "createrole", "replication", "bypassrls"):
+            assert role.get(attribute, False) is False, f"{name}: {attribute}"
+        assert not role.get("inRoles"), f"{name}: member of {role['inRoles']}"
+        assert role["passwordSecret"]["name"] == f"shop-db-{name.removeprefix('shop_')}-user"
+    secrets = [role["passwordSecret"]["name"] for role in roles.values()]
+    assert len(set(secrets)) == len(secrets), "two roles share a Secret"
+
+    databases = of_kind(objects, "Database")
+    owners = {}
+    for database in databases:
+        assert database["spec"]["cluster"]["name"] == cluster["metadata"]["name"]
+        assert database["spec"].get("ensure", "present") == "present"
+        owners.setdefault(database["spec"]["owner"], []).append(database["spec"]["name"])
+    # each role owns exactly one database, its own; nothing else owns one
+    assert owners == {f"shop_{service}": [f"shop_{service}"] for service in services}
+
+    # initdb's database is one of them, owned by its role, with that role's Secret: no
+    # generated `app` role or database, no Secret shop-db-app
+    initdb = spec["bootstrap"]["initdb"]
+    assert owners[initdb["owner"]] == [initdb["database"]]
+    assert initdb["secret"]["name"] == roles[initdb["owner"]]["passwordSecret"]["name"]
+
+    # CONNECT from PUBLIC, as pg_hba.conf: over the network each database takes its
+    # owner alone; every other role, the superuser included, is rejected
+    rules = spec["postgresql"]["pg_hba"]
+    for service in services:
+        database = f"shop_{service}"
+        assert hba_method(rules, database, f"shop_{service}") == "scram-sha-256"
+        for other in [*roles, "postgres", "app", "someone"]:
+            if other != f"shop_{service}":
+                assert hba_method(rules, database, other) == "reject", (database, other)
+
+
+def test_no_shared_database_credential_is_left():
+    """No pod reads the Secret CloudNativePG generates for a single application owner
+    (<cluster>-app, the old role `shop`), and no credential is in the overlay."""
+    objects = render("operators")
+    (cluster,) = of_kind(objects, "Cluster")
+    app_secret = f"{cluster['metadata']['name']}-app"
+    for workload in workloads(objects):
+        for container in containers(workload):
+            assert app_secret not in secrets_read(container), where(workload, container)
+    assert app_secret not in yaml.safe_dump_all(objects)
+    assert not of_kind(objects, "Secret")  # the operator of the cluster creates them
+    for role in cluster["spec"]["managed"]["roles"]:
+        assert role["name"] != "shop" and "password" not in role
+
+
+def test_the_shop_broker_user_has_the_shop_permissions_only():
+    """The Messaging Topology Operator's Vhost, User and Permission (rabbitmq-topology.yaml):
+    the permissions are common/broker_permissions.py's, verbatim, and the user is not an
+    administrator."""
+    objects = render("operators")
+    (rabbit,) = of_kind(objects, "RabbitmqCluster")
+    topology = of_kind(objects, "Vhost") + of_kind(objects, "User") + of_kind(objects, "Permission")
+    assert len(topology) == 3, [obj["kind"] for obj in topology]
+    for obj in topology:
+        assert obj["apiVersion"] == "rabbitmq.com/v1beta1"
+        assert obj["spec"]["rabbitmqClusterReference"] == {"name": rabbit["metadata"]["name"]}
+    vhost, user, permission = topology
+    assert vhost["spec"]["name"] == "shop"
+    assert vhost["spec"]["defaultQueueType"] == "quorum"  # before any queue is declared
+    assert not user["spec"].get("tags")  # no management access
+    assert "importCredentialsSecret" not in user["spec"]  # generated: <name>-user-credentials
+    assert permission["spec"]["vhost"] == vhost["spec"]["name"]
+    assert permission["spec"]["userReference"] == {"name": user["metadata"]["name"]}
+    assert "user" not in permission["spec"]
+    assert permission["spec"]["permissions"] == broker_permissions.PERMISSIONS
+
+
+def test_no_pod_uses_the_brokers_default_user(overlay):
+    """The Cluster Operator's <cluster>-default-user is the broker's administrator: the
+    Topology Operator's, never a pod's."""
+    for workload in workloads(render(overlay)):
+        spec = pod_spec(workload)
+        names = [volume["secret"]["secretName"] for volume in spec.get("volumes", [])
+                 if "secret" in volume]
+        for container in containers(workload):
+            names += [source["secretRef"]["name"] for source in container.get("envFrom") or []
+                      if "secretRef" in source]
+            names += [entry["valueFrom"]["secretKeyRef"]["name"]
+                      for entry in container.get("env") or []
+                      if "secretKeyRef" in entry.get("valueFrom", {})]
+            for entry in container.get("env") or []:
+                assert "guest" not in entry.get("value", ""), where(workload, container)
+        assert not [name for name in names if name.endswith("-default-user")], (
+            workload["metadata"]["name"], names)
 
 
 # --- the schema wait (scripts/manage.py wait-schema) ---------------------------------------
