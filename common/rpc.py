@@ -22,13 +22,26 @@ long as the alarm lasts; that thread finishes by itself once the alarm clears (i
 message may then still be delivered: a 504 never says the call did not happen).
 """
 import logging
+import sys
 import time
+from functools import partial
 
 import eventlet
 from amqp.exceptions import AMQPError
-from kombu.exceptions import OperationalError as KombuOperationalError
-from nameko.exceptions import RemoteError, UnknownService
-from nameko.rpc import MethodProxy, RpcProxy, ServiceProxy, rpc as nameko_rpc
+from kombu.exceptions import EncodeError, OperationalError as KombuOperationalError
+from kombu.serialization import registry
+from nameko.amqp.publish import Publisher
+from nameko.constants import (
+    AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, DEFAULT_SERIALIZER, LOGIN_METHOD_CONFIG_KEY,
+    NON_PERSISTENT, SERIALIZER_CONFIG_KEY,
+)
+from nameko.exceptions import (
+    RemoteError, UnknownService, UnserializableValueError, serialize,
+)
+from nameko.rpc import (
+    MethodProxy, Responder as NamekoResponder, Rpc as NamekoRpc,
+    RpcConsumer as NamekoRpcConsumer, RpcProxy, ServiceProxy, get_rpc_exchange,
+)
 
 from common.broker import BrokerWatch
 from common.errors import GatewayTimeout, ServiceUnavailable, ShopError
@@ -64,9 +77,81 @@ def longest_call_bound(config):
     return max([float(config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)), *per_service])
 
 
+class ReplyPublisher(Publisher):
+    """How a service publishes an RPC's reply: no broker confirm awaited, not persistent.
+
+    nameko 2.14 publishes replies like requests: persistent, and waiting for RabbitMQ's
+    confirm before the worker ends (a confirm round trip is most of what RabbitMQ spends
+    on a message: docs/BENCHMARKS.md, tuning log). A reply needs neither:
+
+    - it goes to the caller's reply queue, which is not durable (``x-expires``): there is
+      nothing for persistence to keep across a broker restart;
+    - a reply lost anyway (the connection breaks after the write, before RabbitMQ has
+      routed it) ends the call in the caller's bound, a 504, as a lost reply always
+      could; every state-changing RPC is idempotent, so the retry is safe. What the
+      confirm added was only that the worker learnt of the loss, and it could do
+      nothing with it: the request is acked either way.
+
+    The requests keep nameko's settings: persistent and confirmed, ``mandatory`` (a
+    service that is not running is a 503 at once, which needs the confirm), and events
+    too (an event lost is not retried by anyone).
+    """
+
+    use_confirms = False
+    delivery_mode = NON_PERSISTENT
+
+
+class Responder(NamekoResponder):
+    """nameko's responder with :class:`ReplyPublisher`, and the result serialized once:
+    nameko 2.14 encodes every result a first time only to check that it can be encoded,
+    then again to publish it. Here the publish is the check; a result that cannot be
+    encoded is answered as nameko answers it (``UnserializableValueError``)."""
+
+    publisher_cls = ReplyPublisher
+
+    def send_response(self, result, exc_info):
+        error = serialize(exc_info[1]) if exc_info is not None else None
+        serializer = registry.type_to_name[self.message.properties["content_type"]]
+        publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl,
+                                       login_method=self.login_method)
+        publish = partial(
+            publisher.publish, serializer=serializer, exchange=self.exchange,
+            routing_key=self.message.properties["reply_to"],
+            correlation_id=self.message.properties.get("correlation_id"),
+        )
+        try:
+            publish({"result": result, "error": error})
+        except EncodeError:
+            exc_info = sys.exc_info()
+            publish({"result": None, "error": serialize(UnserializableValueError(result))})
+            result = None
+        return result, exc_info
+
+
+class RpcConsumer(NamekoRpcConsumer):
+    """nameko's RPC consumer, answering through :class:`Responder`."""
+
+    def handle_result(self, message, result, exc_info):
+        config = self.container.config
+        responder = Responder(
+            config[AMQP_URI_CONFIG_KEY], get_rpc_exchange(config),
+            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER), message,
+            ssl=config.get(AMQP_SSL_CONFIG_KEY), login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+        )
+        result, exc_info = responder.send_response(result, exc_info)
+        self.queue_consumer.ack_message(message)
+        return result, exc_info
+
+
+class Rpc(NamekoRpc):
+    rpc_consumer = RpcConsumer()
+
+
 def rpc(fn):
-    """``@rpc`` whose ShopErrors are expected outcomes (not logged as crashes)."""
-    return nameko_rpc(expected_exceptions=ShopError)(fn)
+    """``@rpc`` whose ShopErrors are expected outcomes (not logged as crashes), answered
+    by :class:`Responder`. Every ``@rpc`` of a service must be this one: two consumer
+    classes would consume the service's queue twice."""
+    return Rpc.decorator(expected_exceptions=ShopError)(fn)
 
 
 def broker_blocked_error(service_name, broker_watch):
