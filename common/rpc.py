@@ -280,6 +280,7 @@ class BoundedRpcProxy(RpcProxy):
 
     def __init__(self, target_service, timeout=None, **options):
         self.timeout_override = timeout
+        options.setdefault("delivery_mode", NON_PERSISTENT)
         super().__init__(target_service, **options)
 
     def get_dependency(self, worker_ctx):
