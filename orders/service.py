@@ -23,7 +23,7 @@ from functools import partial
 
 import eventlet
 from nameko.events import event_handler
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
@@ -40,7 +40,7 @@ from common.ticks import retried_at_next_tick
 from common.timer import config_timer
 from orders import flow
 from orders.exceptions import OrderNotCancellable, OrderNotFound
-from orders.models import Base, KnownCustomer, Order, OrderStatus
+from orders.models import Base, KnownCustomer, Order, OrderLine, OrderStatus
 from orders.schemas import CreateOrderSchema, OrderSchema
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,55 @@ def settled_labels(order):
 
 def remember(session, customer_id):
     session.execute(insert(KnownCustomer).values(id=customer_id).on_conflict_do_nothing())
+
+
+class NewOrder:
+    """An order this call has just inserted, as plain attributes rather than an ORM object:
+    the common path of ``create_order`` writes it with three Core statements (the
+    insert, the lines, the final update) instead of the ORM's unit of work, which was a
+    third of the orders process's CPU per order (docs/BENCHMARKS.md, issue 14). It has
+    what :mod:`orders.flow` reads and sets, and what ``OrderSchema`` dumps."""
+
+    INSERT = (
+        insert(Order.__table__)
+        .returning(Order.id, Order.created_at, Order.updated_at)
+    )
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    @classmethod
+    def insert(cls, session, key, request, customer_id, requested):
+        """Insert the order ``pending``; returns ``(order, known)`` where ``known`` says
+        whether the local view knows the customer (read by the same statement). Raises
+        IntegrityError if ``key`` was used before."""
+        values = {
+            "order_ref": uuid.uuid4().hex, "customer_id": customer_id,
+            "status": OrderStatus.PENDING, "requested": requested,
+            "idempotency_key": key, "request_fingerprint": request,
+        }
+        known = exists().where(KnownCustomer.id == customer_id).label("known")
+        row = session.execute(cls.INSERT.values(**values).returning(known)).one()
+        order = cls(id=row.id, created_at=row.created_at, updated_at=row.updated_at,
+                    total=None, failure=None, lines=[], **values)
+        return order, row.known
+
+    def record(self, session):
+        """Write what :func:`orders.flow.advance` decided: its lines, then its status,
+        total and failure (``updated_at`` as the database sets it)."""
+        if self.lines:
+            session.execute(insert(OrderLine.__table__), [
+                {"order_id": self.id, "product_id": line.product_id,
+                 "product_name": line.product_name, "quantity": line.quantity,
+                 "unit_price": line.unit_price}
+                for line in self.lines
+            ])
+        self.updated_at = session.execute(
+            update(Order.__table__).where(Order.id == self.id)
+            .values(status=self.status, total=self.total, failure=self.failure,
+                    updated_at=func.now())
+            .returning(Order.updated_at)
+        ).scalar_one()
 
 
 class OrdersService(shop.ShopService):
@@ -112,21 +161,20 @@ class OrdersService(shop.ShopService):
                         select(Order).where(Order.idempotency_key == key).with_for_update()
                     ).one()
                     ensure_same_request(key, order.request_fingerprint, request)
+                    known = None
                 else:  # the common case first: one INSERT, no lookup
-                    order = Order(
-                        order_ref=uuid.uuid4().hex, customer_id=customer_id,
-                        status=OrderStatus.PENDING, requested=requested,
-                        idempotency_key=key, request_fingerprint=request,
-                        lines=[],  # known empty: confirming it loads nothing
-                    )
-                    session.add(order)
-                    session.flush()  # the key was used before: IntegrityError, replay
+                    # the key was used before: IntegrityError, replay
+                    order, known = NewOrder.insert(session, key, request, customer_id, requested)
                 was_pending = order.status == OrderStatus.PENDING
                 if was_pending:
                     reserved = flow.advance(
-                        order, partial(self._check_customer, session), self.products
+                        order, partial(self._check_customer, session, known=known),
+                        self.products,
                     )
-                    session.flush()
+                    if replay:
+                        session.flush()
+                    else:
+                        order.record(session)
                 result = order_schema.dump(order), flow.outcome_error(order)
                 # read before the commit: afterwards the ORM would reload the row (and
                 # leave a transaction open, rolled back at teardown)
@@ -270,10 +318,13 @@ class OrdersService(shop.ShopService):
         with self.db.get_session() as session:
             remember(session, payload["id"])
 
-    def _check_customer(self, session, customer_id):
+    def _check_customer(self, session, customer_id, known=None):
         """Raise CustomerNotFound unless the customer exists: the local view first (no
-        RPC), else customers.get_customer (whose answer is then remembered)."""
-        if is_valid_id(customer_id) and session.get(KnownCustomer, customer_id):
+        RPC; ``known`` when the caller has already looked), else customers.get_customer
+        (whose answer is then remembered)."""
+        if known is None:
+            known = is_valid_id(customer_id) and session.get(KnownCustomer, customer_id)
+        if known:
             return
         self.customers.get_customer(customer_id)  # CustomerNotFound for a bad id too
         remember(session, customer_id)

@@ -158,10 +158,11 @@ def test_losing_the_database_mid_order_is_503_and_reserves_nothing(service, clea
     a PendingRollbackError, a 500, found by the PostgreSQL-restart fault test)."""
     check_customer = service._check_customer
 
-    def check_after_disconnect(same_session, customer_id):
+    def check_after_disconnect(same_session, customer_id, known=None):
         backend = same_session.scalar(text("SELECT pg_backend_pid()"))
         with clean_databases["orders"].connect() as other:
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        # the view looked up on the connection that is gone (the INSERT's answer ignored)
         return check_customer(same_session, customer_id)
 
     monkeypatch.setattr(service, "_check_customer", check_after_disconnect)
