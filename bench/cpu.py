@@ -7,8 +7,9 @@ stopped between two snapshots.
 import os
 
 from bench.settings import ROOT
+from common.registry import PROCESS_KINDS
 
-COMPONENTS = ("gateway", "customers", "products", "orders", "rabbitmq", "postgres", "wrk", "bench")
+COMPONENTS = (*PROCESS_KINDS, "rabbitmq", "postgres", "wrk", "bench")
 RABBITMQ_COMMS = {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -36,7 +37,7 @@ def classify(pid, comm, ppid, stack_parent):
                 cmdline = f.read().decode(errors="replace")
         except OSError:
             return "other"
-        for service in ("gateway", "customers", "products", "orders"):
+        for service in PROCESS_KINDS:
             if f"{service}.service" in cmdline:
                 return service
     return "other"  # anything else, the stack's own tests included
@@ -87,7 +88,7 @@ def long_lived(snapshot):
     pids = snapshot["pids"]
     found = {}
     for pid, (component, _, comm, ppid) in pids.items():
-        if component in ("gateway", "customers", "products", "orders"):
+        if component in PROCESS_KINDS:
             found[pid] = component
         elif comm == "beam.smp" and is_rabbitmq_server(pid):
             found[pid] = "RabbitMQ"

@@ -12,10 +12,14 @@ interpreter that has it, e.g. ``python3 -m venv /tmp/plot && /tmp/plot/bin/pip i
 matplotlib && /tmp/plot/bin/python bench/plot.py ...``.
 """
 import json
+import os
 import re
 import sys
 
-COMPONENTS = ("gateway", "customers", "products", "orders", "rabbitmq", "postgres")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.registry import PROCESS_KINDS  # noqa: E402 (the repository root first)
+
+COMPONENTS = (*PROCESS_KINDS, "rabbitmq", "postgres")
 SCENARIOS = ("ceiling", "by_id", "customers", "orders", "hot")
 CPU_LINE = re.compile(r"CPU ms per answer: ([^;]+);")
 

@@ -43,13 +43,14 @@ sys.dont_write_bytecode = True  # nothing written to the repository, not even __
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from nameko.testing.rabbit import Client as RabbitClient  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from common import admin  # noqa: E402
 from common.config import load_config  # noqa: E402
+from common.registry import SERVICE_CLASSES  # noqa: E402
+from scripts.readiness import wait_until_ready  # noqa: E402
 
 START_TIMEOUT = 60
 
@@ -117,23 +118,14 @@ class Bench:
             log = open(os.path.join(self.logs, f"{service}-{n}.log"), "w")
             self.processes.append((f"{service}-{n}", subprocess.Popen(
                 [nameko, "run", "--config", os.path.join(ROOT, "config.yml"),
-                 f"{service}.service"],
+                 SERVICE_CLASSES[service]],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             ), log))
 
     def wait_ready(self, services):
-        deadline = time.monotonic() + START_TIMEOUT
-        for service in services:
-            while True:
-                try:
-                    with ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, timeout=2) as cluster:
-                        if getattr(cluster, service).ping() == "pong":
-                            break
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{service} did not start; logs in {self.logs}")
-                time.sleep(0.3)
+        pending = wait_until_ready(self.amqp_uri, services, timeout=START_TIMEOUT)
+        if pending:
+            raise SystemExit(f"{', '.join(pending)} did not start; logs in {self.logs}")
 
     def stop(self):
         for _, process, _ in self.processes:

@@ -20,8 +20,11 @@ import time
 
 import requests
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.registry import PROCESS_KINDS  # noqa: E402 (the repository root first)
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SERVICES = ("gateway", "customers", "products", "orders")
+SERVICES = PROCESS_KINDS
 JSON = {"Content-Type": "application/json"}
 
 

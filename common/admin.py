@@ -10,9 +10,10 @@ from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from common import registry
 from common.config import ROOT
 
-SERVICES_WITH_DATABASE = ("customers", "products", "orders")
+SERVICES_WITH_DATABASE = registry.SERVICES
 
 
 DEFAULT_ADMIN_URI = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

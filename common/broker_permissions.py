@@ -30,8 +30,8 @@ standalone/events.py; common/broker.py):
   for every queue it may read, so it is granted to write alone.
 
 Nothing else: no server-named (``amq.gen-``) queue, no ``amq.*`` exchange but the default,
-and only the shop's service names. A new service or caller name goes in ``SERVICES`` /
-``RPC_CALLERS`` (tests/test_broker_permissions.py checks the regexes against what the
+and only the shop's service names (common/registry.py; a caller that is not a service
+goes in ``RPC_CALLERS``) (tests/test_broker_permissions.py checks the regexes against what the
 service classes declare). RabbitMQ does not tell queues from exchanges in these rules: the
 user could declare an exchange named ``rpc-orders``, which changes nothing it could not do.
 
@@ -46,8 +46,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
-SERVICES = ("customers", "products", "orders")  # each serves RPC and may dispatch events
-RPC_CALLERS = SERVICES + ("gateway", "standalone_rpc_proxy")  # hold reply queues
+from common import registry
+
+SERVICES = registry.SERVICES  # each serves RPC and may dispatch events
+RPC_CALLERS = SERVICES + (registry.GATEWAY, "standalone_rpc_proxy")  # hold reply queues
 
 _SERVICE = "(" + "|".join(SERVICES) + ")"
 _CALLER = "(" + "|".join(RPC_CALLERS) + ")"

@@ -4,8 +4,7 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-# Imported as a module: `nameko run` would take a class in this namespace for a service.
-from common import service as shop
+from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.metrics import CUSTOMERS_CREATED, IDEMPOTENT_REPLAYS
 from common.idempotency import checked_key, ensure_same_request, fingerprint
@@ -22,7 +21,7 @@ log = logging.getLogger(__name__)
 customer_schema = CustomerSchema()
 
 
-class CustomersService(shop.ShopService):
+class CustomersService(ShopService):
     name = "customers"
 
     db = Database(Base)

@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 import gateway.exceptions  # noqa: F401  (registers the services' errors)
 from common.logs import WorkerLog
 from common.metrics import Metrics, exposition
+from common.registry import SERVICES
 from common.rpc import BoundedRpcProxy
 from common.tracing import Tracing
 from gateway import authz, openapi
@@ -35,7 +36,7 @@ class GatewayService:
     worker_log = WorkerLog()
     metrics = Metrics()
     tracing = Tracing()
-    readiness = ReadinessProbes(("customers", "products", "orders"))
+    readiness = ReadinessProbes(SERVICES)
     auth = AuthSettings()
 
     @unpooled_http("GET", "/health")

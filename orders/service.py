@@ -28,8 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
-# Imported as a module: `nameko run` would take a class in this namespace for a service.
-from common import service as shop
+from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.metrics import IDEMPOTENT_REPLAYS, ORDERS, ORDERS_RECOVERED, count_on_commit
 from common.idempotency import checked_key, ensure_same_request, fingerprint
@@ -111,7 +110,7 @@ class NewOrder:
         ).scalar_one()
 
 
-class OrdersService(shop.ShopService):
+class OrdersService(ShopService):
     name = "orders"
 
     db = Database(Base)

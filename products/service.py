@@ -15,8 +15,7 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-# Imported as a module: `nameko run` would take a class in this namespace for a service.
-from common import service as shop
+from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.metrics import IDEMPOTENT_REPLAYS
 from common.idempotency import checked_key, ensure_same_request, fingerprint
@@ -38,7 +37,7 @@ product_schema = ProductSchema()
 reservation_schema = ReservationSchema()
 
 
-class ProductsService(shop.ShopService):
+class ProductsService(ShopService):
     name = "products"
 
     db = Database(Base)

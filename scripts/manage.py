@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import time
-import urllib.request
 import warnings
 
 # eventlet (imported by nameko) warns that it is in maintenance mode; nothing to act on.
@@ -115,29 +114,14 @@ def gateway_urls(config):
 
 def cmd_wait(args, config):
     """Wait until every gateway answers /health and every service answers an RPC ping."""
-    deadline = time.monotonic() + args.timeout
-    pending = set(gateway_urls(config))
-    services = {"customers", "products", "orders"}
-    while pending or services:
-        for url in sorted(pending):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        pending.discard(url)
-            except OSError:
-                pass
-        services -= {name for name in services if ping(config, name, timeout=2)}
-        if not (pending or services):
-            break
-        if time.monotonic() > deadline:
-            print(
-                f"not ready after {args.timeout}s: "
-                + ", ".join(sorted(pending) + sorted(services))
-                + " (see `make logs`)",
-                file=sys.stderr,
-            )
-            sys.exit(1)
-        time.sleep(0.5)
+    from scripts.readiness import wait_until_ready
+
+    pending = wait_until_ready(config, gateway_urls=gateway_urls(config),
+                               timeout=args.timeout, interval=0.5)
+    if pending:
+        print(f"not ready after {args.timeout}s: {', '.join(pending)} (see `make logs`)",
+              file=sys.stderr)
+        sys.exit(1)
     for url in gateway_urls(config):
         print(f"gateway ready: {url}/api/...")
     print(auth_notice(config))
@@ -158,17 +142,9 @@ def auth_notice(config):
     return f"auth: {describe(config)}; make token ROLE=admin | CUSTOMER=<id>"
 
 
-def ping(config, service, timeout):
-    from nameko.standalone.rpc import ClusterRpcProxy
-
-    try:
-        with ClusterRpcProxy(config, timeout=timeout) as cluster:
-            return getattr(cluster, service).ping() == "pong"
-    except Exception:
-        return False
-
-
 def cmd_ping(args, config):
+    from scripts.readiness import ping
+
     ok = ping(config, args.service, args.timeout)
     print(f"{args.service}: {'pong' if ok else 'no answer'}")
     sys.exit(0 if ok else 1)

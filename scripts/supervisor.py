@@ -21,6 +21,7 @@ import os
 import sys
 
 from common.config import ROOT
+from common.registry import GATEWAY, SERVICE_CLASSES
 
 HEADER = """\
 ; Written by `make up` (scripts/supervisor.py) from config.yml; edits are overwritten.
@@ -119,7 +120,7 @@ def render(config, run_dir):
         ops_address = f"{ops_host}:{ports[0] // 10}%(process_num)d"
         parts.append(
             PROGRAM.format(
-                name=service, module=f"{service}.service", processes=len(ports),
+                name=service, module=SERVICE_CLASSES[service], processes=len(ports),
                 extra_env=f',OPS_HTTP_ADDRESS="{ops_address}"',
                 priority=PRIORITY.get(service, 700),
                 stopwaitsecs=STOP_WAIT_SECONDS, **common,
@@ -131,7 +132,7 @@ def render(config, run_dir):
         gateways.append(f"gateway-{port}")
         parts.append(
             PROGRAM.format(
-                name=f"gateway-{port}", module="gateway.service", processes=1,
+                name=f"gateway-{port}", module=SERVICE_CLASSES[GATEWAY], processes=1,
                 extra_env=f',WEB_SERVER_ADDRESS="{address}"', priority=PRIORITY["gateways"],
                 stopwaitsecs=STOP_WAIT_SECONDS, **common,
             )

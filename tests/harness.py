@@ -14,12 +14,11 @@ import sys
 import time
 from urllib.parse import urlparse
 
-import requests
-from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
 from common.config import ROOT
 from scripts.processes import free_port, free_port_block, process_alive
+from scripts.readiness import wait_until_ready
 from scripts.supervisor import metrics_targets, write_supervisor_conf
 
 START_TIMEOUT = 60
@@ -37,6 +36,17 @@ def rabbit_vhost(rabbit_manager, amqp_uri, prefix):
     finally:
         with contextlib.suppress(Exception):
             rabbit_manager.delete_vhost(vhost)
+
+
+@contextlib.contextmanager
+def stack_on_vhost(request, rabbit_manager, db_uris, run_dir, prefix, processes, **overrides):
+    """A running :class:`Stack` (``processes``, the settings ``overrides``) on a vhost of
+    its own (``<prefix>_<random>``, deleted afterwards) of the test broker, in front of
+    ``db_uris``: what the e2e and fault layers' ``stack`` fixtures share."""
+    amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
+    with rabbit_vhost(rabbit_manager, amqp_uri, prefix) as vhost_uri:
+        with Stack(stack_env(vhost_uri, db_uris, **overrides), run_dir, processes) as running:
+            yield running
 
 
 def stack_env(amqp_uri, db_uris, **overrides):
@@ -121,22 +131,14 @@ class Stack:
         self.wait_ready([service])
 
     def wait_ready(self, services=None):
-        deadline = time.monotonic() + START_TIMEOUT
-        pending_services = set(services or self.counts)
-        pending_urls = set(self.urls) if services is None else set()
-        while pending_services or pending_urls:
-            for url in list(pending_urls):
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                        pending_urls.discard(url)
-            for service in list(pending_services):
-                if ping(self.env["AMQP_URI"], service):
-                    pending_services.discard(service)
-            assert time.monotonic() < deadline, (
-                f"stack not ready: {pending_services | pending_urls}; "
-                f"{self.ctl('status')}; logs in {self.run_dir}/logs"
-            )
-            time.sleep(0.3)
+        """Every service in ``services`` (default: all, and the gateways) answers."""
+        pending = wait_until_ready(
+            self.env["AMQP_URI"], services or list(self.counts),
+            self.urls if services is None else (), timeout=START_TIMEOUT,
+        )
+        assert not pending, (
+            f"stack not ready: {pending}; {self.ctl('status')}; logs in {self.run_dir}/logs"
+        )
 
     def __enter__(self):
         self.start()
@@ -156,14 +158,6 @@ class Stack:
             self.supervisord.kill()
             self.supervisord.wait()
         self.supervisord = None
-
-
-def ping(amqp_uri, service, timeout=2):
-    try:
-        with ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=timeout) as cluster:
-            return getattr(cluster, service).ping() == "pong"
-    except Exception:
-        return False
 
 
 def books(engines):

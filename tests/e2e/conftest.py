@@ -6,7 +6,7 @@ Tests talk to it only through HTTP (and read the databases to check invariants).
 """
 import pytest
 
-from tests.harness import Stack, books_balance, rabbit_vhost, stack_env
+from tests.harness import books_balance, stack_on_vhost
 
 PROCESSES = {"customers": 1, "products": 2, "orders": 2}
 
@@ -15,12 +15,9 @@ PROCESSES = {"customers": 1, "products": 2, "orders": 2}
 def stack(request, rabbit_manager, databases, tmp_path_factory):
     """Up for the tests of this folder only: the fault layer starts stacks of its own, and
     two at once would exceed PostgreSQL's default 100 connections."""
-    amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
-    with rabbit_vhost(rabbit_manager, amqp_uri, "shop_e2e") as vhost_uri:
-        with Stack(
-            stack_env(vhost_uri, databases), str(tmp_path_factory.mktemp("e2e-stack")), PROCESSES
-        ) as running:
-            yield running
+    with stack_on_vhost(request, rabbit_manager, databases,
+                        str(tmp_path_factory.mktemp("e2e-stack")), "shop_e2e", PROCESSES) as running:
+        yield running
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import requests
 import urllib3
 from sqlalchemy import text
 
-from tests.harness import Stack, books_balance, rabbit_vhost, stack_env
+from tests.harness import books_balance, stack_on_vhost
 
 PROCESSES = {"customers": 1, "products": 2, "orders": 2}
 # Short bounds so faults resolve within a test; HOLD_CONFIRM_AGE must exceed the idle-
@@ -34,13 +34,10 @@ SETTLE_SECONDS = 120
 
 @pytest.fixture
 def stack(request, rabbit_manager, clean_databases, test_db_uris, tmp_path_factory):
-    amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
-    with rabbit_vhost(rabbit_manager, amqp_uri, "shop_faults") as vhost_uri:
-        with Stack(
-            stack_env(vhost_uri, test_db_uris, **FAST_RECOVERY),
-            str(tmp_path_factory.mktemp("fault-stack")), PROCESSES,
-        ) as running:
-            yield running
+    with stack_on_vhost(request, rabbit_manager, test_db_uris,
+                        str(tmp_path_factory.mktemp("fault-stack")), "shop_faults", PROCESSES,
+                        **FAST_RECOVERY) as running:
+        yield running
 
 
 class OrderLoad:

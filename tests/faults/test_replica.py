@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from common import admin
 from scripts.pg_replica import private_replica_pair
 from tests.faults.conftest import FAST_RECOVERY
-from tests.harness import Stack, rabbit_vhost, stack_env
+from tests.harness import stack_on_vhost
 
 PROCESSES = {"customers": 1, "products": 2, "orders": 1}
 DATABASE = "shop_products_test"
@@ -64,17 +64,14 @@ def servers(pair):
 
 @pytest.fixture(scope="module")
 def stack(request, rabbit_manager, databases, pair, servers, tmp_path_factory):
-    amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
     db_uris = {**databases, "products": pair.primary.uri(DATABASE)}
-    with rabbit_vhost(rabbit_manager, amqp_uri, "shop_replica") as vhost_uri:
-        with Stack(
-            stack_env(vhost_uri, db_uris, **FAST_RECOVERY,
-                      PRODUCTS_READ_DB_URI=pair.replica.uri(DATABASE),
-                      DB_REPLICA_RETRY_SECONDS=RETRY_SECONDS,
-                      DB_REPLICA_TIMEOUT_MS=REPLICA_TIMEOUT_MS),
-            str(tmp_path_factory.mktemp("replica-stack")), PROCESSES,
-        ) as running:
-            yield running
+    with stack_on_vhost(
+        request, rabbit_manager, db_uris, str(tmp_path_factory.mktemp("replica-stack")),
+        "shop_replica", PROCESSES, **FAST_RECOVERY,
+        PRODUCTS_READ_DB_URI=pair.replica.uri(DATABASE),
+        DB_REPLICA_RETRY_SECONDS=RETRY_SECONDS, DB_REPLICA_TIMEOUT_MS=REPLICA_TIMEOUT_MS,
+    ) as running:
+        yield running
 
 
 @pytest.fixture
