@@ -18,12 +18,15 @@ is resolved by a client retry with the same key, or by :meth:`recover_pending_or
 """
 import logging
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import ClassVar, cast
 from functools import partial
 
 import eventlet
 from nameko.events import event_handler
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Table, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
@@ -61,6 +64,11 @@ def remember(session, customer_id):
     session.execute(insert(KnownCustomer).values(id=customer_id).on_conflict_do_nothing())
 
 
+ORDERS_TABLE = cast(Table, Order.__table__)
+ORDER_LINES_TABLE = cast(Table, OrderLine.__table__)
+
+
+@dataclass
 class NewOrder:
     """An order this call has just inserted, as plain attributes rather than an ORM object:
     the common path of ``create_order`` writes it with three Core statements (the
@@ -68,13 +76,22 @@ class NewOrder:
     third of the orders process's CPU per order (docs/BENCHMARKS.md, issue 14). It has
     what :mod:`orders.flow` reads and sets, and what ``OrderSchema`` dumps."""
 
-    INSERT = (
-        insert(Order.__table__)
-        .returning(Order.id, Order.created_at, Order.updated_at)
-    )
+    id: int
+    order_ref: str
+    customer_id: int
+    status: str
+    requested: list
+    idempotency_key: str | None
+    request_fingerprint: str | None
+    created_at: datetime
+    updated_at: datetime
+    total: Decimal | None = None
+    failure: dict | None = None
+    lines: list[OrderLine] = field(default_factory=list)
 
-    def __init__(self, **values):
-        self.__dict__.update(values)
+    INSERT: ClassVar = insert(ORDERS_TABLE).returning(
+        ORDERS_TABLE.c.id, ORDERS_TABLE.c.created_at, ORDERS_TABLE.c.updated_at
+    )
 
     @classmethod
     def insert(cls, session, key, request, customer_id, requested):
@@ -88,25 +105,24 @@ class NewOrder:
         }
         known = exists().where(KnownCustomer.id == customer_id).label("known")
         row = session.execute(cls.INSERT.values(**values).returning(known)).one()
-        order = cls(id=row.id, created_at=row.created_at, updated_at=row.updated_at,
-                    total=None, failure=None, lines=[], **values)
+        order = cls(id=row.id, created_at=row.created_at, updated_at=row.updated_at, **values)
         return order, row.known
 
     def record(self, session):
         """Write what :func:`orders.flow.advance` decided: its lines, then its status,
         total and failure (``updated_at`` as the database sets it)."""
         if self.lines:
-            session.execute(insert(OrderLine.__table__), [
+            session.execute(insert(ORDER_LINES_TABLE), [
                 {"order_id": self.id, "product_id": line.product_id,
                  "product_name": line.product_name, "quantity": line.quantity,
                  "unit_price": line.unit_price}
                 for line in self.lines
             ])
         self.updated_at = session.execute(
-            update(Order.__table__).where(Order.id == self.id)
+            update(ORDERS_TABLE).where(ORDERS_TABLE.c.id == self.id)
             .values(status=self.status, total=self.total, failure=self.failure,
                     updated_at=func.now())
-            .returning(Order.updated_at)
+            .returning(ORDERS_TABLE.c.updated_at)
         ).scalar_one()
 
 
