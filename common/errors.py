@@ -1,20 +1,31 @@
-"""One error hierarchy for every service and the gateway.
+"""The error contract: every error a client may see, for every service and the gateway.
+
+This module is the one place where the errors that cross a service boundary are defined
+(codes, statuses, messages); every service raises them from here and every caller (the
+gateway, orders calling customers and products) catches them from here, so no service
+imports another service's package (tests/test_import_graph.py checks it). The errors
+only the gateway answers (401/403 auth, 405, 408, 413, 414, 415, 431, 499) live in
+:mod:`gateway.exceptions`.
 
 Modelled on ``werkzeug.exceptions``: each class carries an HTTP ``status``, a stable
 machine-readable ``error`` code and a default ``description``. Services raise them from
-their RPC methods; Nameko serializes them onto the reply and, because every subclass is
-registered with :func:`nameko.exceptions.deserialize_to_instance`, the caller gets the
-same class back (provided it imports the module that defines it). The gateway renders any
-of them, and werkzeug's own routing errors, as one JSON envelope::
+their RPC methods; Nameko serializes them onto the reply with their class path
+(``common.errors.InsufficientStock``) and, because every subclass is registered with
+:func:`nameko.exceptions.deserialize_to_instance` when it is defined, any process that
+imports this module gets the same class back. The gateway renders any of them, and
+werkzeug's own routing errors, as one JSON envelope::
 
     {"error": "product_not_found", "message": "...", "details": {...}}
 
 Nameko stringifies non-string exception arguments on the wire, so ``details`` travel as a
 JSON string and are decoded again in ``__init__``.
+
+What is stored (orders' ``failure``) names an error by its code, never by its class
+path: :func:`error_class` maps a code back to its class.
 """
 import json
 
-from nameko.exceptions import deserialize_to_instance
+from nameko.exceptions import deserialize_to_instance, registry
 
 
 class ShopError(Exception):
@@ -46,22 +57,13 @@ class ShopError(Exception):
 deserialize_to_instance(ShopError)
 
 
+# -- General errors, raised by any service (and by the gateway) -------------------------
+
+
 class BadRequest(ShopError):
     status = 400
     error = "bad_request"
     description = "The request could not be understood."
-
-
-class Unauthorized(ShopError):
-    status = 401
-    error = "unauthorized"
-    description = "Authentication is required."
-
-
-class Forbidden(ShopError):
-    status = 403
-    error = "forbidden"
-    description = "The credentials do not allow this request."
 
 
 class NotFound(ShopError):
@@ -70,55 +72,10 @@ class NotFound(ShopError):
     description = "The requested resource does not exist."
 
 
-class MethodNotAllowed(ShopError):
-    status = 405
-    error = "method_not_allowed"
-    description = "The method is not allowed for this resource."
-
-
 class Conflict(ShopError):
     status = 409
     error = "conflict"
     description = "The request conflicts with the current state of the resource."
-
-
-class RequestTimeout(ShopError):
-    status = 408
-    error = "request_timeout"
-    description = "The request was not received in time."
-
-
-class PayloadTooLarge(ShopError):
-    status = 413
-    error = "payload_too_large"
-    description = "The request body is too large."
-
-
-class UnsupportedMediaType(ShopError):
-    status = 415
-    error = "unsupported_media_type"
-    description = "The request body must be JSON."
-
-
-class UriTooLong(ShopError):
-    status = 414
-    error = "uri_too_long"
-    description = "The request line is too long."
-
-
-class HeadersTooLarge(ShopError):
-    status = 431
-    error = "headers_too_large"
-    description = "The request headers are too large or too many."
-
-
-class ClientClosedRequest(ShopError):
-    """The client closed its side of the connection before its request ran (nginx's 499):
-    the request is not executed; a client still reading gets this."""
-
-    status = 499
-    error = "client_closed_request"
-    description = "The client closed the connection before the request was executed."
 
 
 class ValidationError(ShopError):
@@ -147,20 +104,153 @@ class GatewayTimeout(ShopError):
     description = "A service did not answer in time; retry later."
 
 
-_BY_STATUS = {
-    cls.status: cls
-    for cls in (
-        BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
-        RequestTimeout, PayloadTooLarge, UriTooLong, UnsupportedMediaType, HeadersTooLarge,
-        ValidationError, ServiceUnavailable, GatewayTimeout,
+# -- Idempotency keys (every service's POST; common/idempotency.py) ---------------------
+
+
+class IdempotencyKeyReused(ValidationError):
+    error = "idempotency_key_reused"
+    description = "This Idempotency-Key was already used with a different request."
+
+
+class InvalidIdempotencyKey(BadRequest):
+    error = "invalid_idempotency_key"
+    description = "An Idempotency-Key is 1 to 100 printable ASCII characters."
+
+
+# -- customers ---------------------------------------------------------------------------
+
+
+class CustomerNotFound(NotFound):
+    error = "customer_not_found"
+    description = "No customer has this id."
+
+    @classmethod
+    def for_id(cls, customer_id):
+        return cls(f"customer {customer_id} not found", {"customer_id": customer_id})
+
+
+class EmailAlreadyRegistered(Conflict):
+    error = "email_taken"
+    description = "A customer with this email already exists."
+
+
+# -- products ----------------------------------------------------------------------------
+
+
+class ProductNotFound(NotFound):
+    error = "product_not_found"
+    description = "No product has this id."
+
+    @classmethod
+    def for_ids(cls, product_ids):
+        ids = ", ".join(map(str, product_ids))
+        noun = "product" if len(product_ids) == 1 else "products"
+        return cls(f"{noun} {ids} not found", {"product_ids": list(product_ids)})
+
+
+class InsufficientStock(Conflict):
+    """``details["products"]``: ``[{"product_id", "requested", "available"}, ...]``."""
+
+    error = "insufficient_stock"
+    description = "Not enough stock for this order."
+
+    @classmethod
+    def for_shortages(cls, shortages):
+        text = "; ".join(
+            f"product {s['product_id']}: requested {s['requested']}, available {s['available']}"
+            for s in shortages
+        )
+        return cls(f"not enough stock ({text})", {"products": shortages})
+
+
+class OrderTotalTooLarge(ValidationError):
+    """The order's total at current prices is beyond what an order can record
+    (``details["products"]``: the limit and the total)."""
+
+    error = "order_total_too_large"
+    description = "The order's total at current prices exceeds the maximum an order can hold."
+
+    @classmethod
+    def for_total(cls, total, limit):
+        return cls(
+            f"the order's total {total} exceeds the maximum {limit}",
+            {"products": [f"The total at current prices, {total}, exceeds {limit}."]},
+        )
+
+
+# -- orders (create_order also passes through CustomerNotFound, ProductNotFound,
+#    InsufficientStock, OrderTotalTooLarge, ServiceUnavailable, GatewayTimeout) ----------
+
+
+class OrderNotFound(NotFound):
+    error = "order_not_found"
+    description = "No order has this id."
+
+    @classmethod
+    def for_id(cls, order_id):
+        return cls(f"order {order_id} not found", {"order_id": order_id})
+
+
+class OrderNotCancellable(Conflict):
+    error = "order_not_cancellable"
+    description = "Only a confirmed order can be cancelled."
+
+
+class OrderFailed(Conflict):
+    error = "order_failed"
+    description = (
+        "The order could not be completed and holds no stock; place a new order "
+        "(with a new Idempotency-Key)."
     )
+
+
+# -- Codes -> classes ----------------------------------------------------------------------
+
+
+def _contract_classes():
+    return [
+        value for value in globals().values()
+        if isinstance(value, type) and issubclass(value, ShopError) and value is not ShopError
+    ]
+
+
+def _by_code(classes):
+    by_code: dict[str, type[ShopError]] = {}
+    for cls in classes:
+        if cls.error in by_code:
+            raise RuntimeError(
+                f"error code {cls.error!r} is both {by_code[cls.error].__name__} and {cls.__name__}"
+            )
+        by_code[cls.error] = cls
+    return by_code
+
+
+BY_CODE = _by_code(_contract_classes())
+"""Every contract class by its ``error`` code (unique: checked at import)."""
+
+
+def error_class(code):
+    """The contract class whose ``error`` is ``code``; ShopError for an unknown code."""
+    return BY_CODE.get(code, ShopError)
+
+
+# Before the contract module, these classes were sent under their services' paths. A
+# process of that version still sends them so during a rolling upgrade: registered here,
+# its errors keep their class instead of becoming a RemoteError (a 500). Drop once no
+# process older than the contract module runs.
+FORMER_PATHS = {
+    "customers.exceptions.CustomerNotFound": CustomerNotFound,
+    "customers.exceptions.EmailAlreadyRegistered": EmailAlreadyRegistered,
+    "products.exceptions.ProductNotFound": ProductNotFound,
+    "products.exceptions.InsufficientStock": InsufficientStock,
+    "products.exceptions.OrderTotalTooLarge": OrderTotalTooLarge,
+    "orders.exceptions.OrderNotFound": OrderNotFound,
+    "orders.exceptions.OrderNotCancellable": OrderNotCancellable,
+    "orders.exceptions.OrderFailed": OrderFailed,
+    "common.idempotency.IdempotencyKeyReused": IdempotencyKeyReused,
+    "common.idempotency.InvalidIdempotencyKey": InvalidIdempotencyKey,
 }
-
-
-def from_http_status(status, message=None, details=None):
-    """The ShopError for a bare HTTP status (e.g. a werkzeug routing error)."""
-    cls = _BY_STATUS.get(status, InternalError if status >= 500 else BadRequest)
-    return cls(message, details)
+registry.update(FORMER_PATHS)
 
 
 def outcome_of(exc):

@@ -8,19 +8,15 @@ import hashlib
 import json
 import re
 
-from common.errors import BadRequest, ValidationError
+# The errors are part of the contract (common/errors.py); re-exported for the services.
+from common.errors import IdempotencyKeyReused, InvalidIdempotencyKey
+
+__all__ = [
+    "IdempotencyKeyReused", "InvalidIdempotencyKey", "KEY_PATTERN", "checked_key",
+    "ensure_same_request", "fingerprint",
+]
 
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces (fullmatch)
-
-
-class IdempotencyKeyReused(ValidationError):
-    error = "idempotency_key_reused"
-    description = "This Idempotency-Key was already used with a different request."
-
-
-class InvalidIdempotencyKey(BadRequest):
-    error = "invalid_idempotency_key"
-    description = "An Idempotency-Key is 1 to 100 printable ASCII characters."
 
 
 def checked_key(key):

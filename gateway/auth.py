@@ -8,7 +8,7 @@ against every configured token.
 """
 import hmac
 
-from common.errors import Forbidden, Unauthorized
+from gateway.exceptions import Forbidden, Unauthorized
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 

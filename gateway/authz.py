@@ -28,10 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from common.config import ROOT
-from common.errors import Forbidden, ServiceUnavailable, Unauthorized
-from customers.exceptions import CustomerNotFound
+from common.errors import CustomerNotFound, OrderNotFound, ServiceUnavailable
 from gateway.auth import configured_tokens
-from orders.exceptions import OrderNotFound
+from gateway.exceptions import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -44,17 +44,16 @@ from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common.errors import (
-    BadRequest, ClientClosedRequest, InternalError, PayloadTooLarge, RequestTimeout,
-    ServiceUnavailable, ShopError,
-    UnsupportedMediaType, from_http_status,
-)
+from common.errors import BadRequest, InternalError, ServiceUnavailable, ShopError
 from common.logs import REQUEST_ID_KEY
 from common.metrics import HTTP_RESPONSES, child
 from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
 from gateway import authz
 from gateway.auth import authorize
+from gateway.exceptions import (
+    ClientClosedRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType, from_http_status,
+)
 from gateway.protocol import (
     CLIENT_SOCKET_KEY, CLOSE_AFTER_RESPONSE_KEY, JsonHttpProtocol, client_is_gone, peek,
 )

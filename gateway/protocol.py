@@ -30,7 +30,8 @@ from eventlet.wsgi import HeadersTooLarge as EventletHeadersTooLarge
 from eventlet.wsgi import HeaderLineTooLong
 from nameko.web.server import HttpOnlyProtocol
 
-from common.errors import BadRequest, from_http_status
+from common.errors import BadRequest
+from gateway.exceptions import from_http_status
 
 CLIENT_SOCKET_KEY = "shop.client_socket"
 CLOSE_AFTER_RESPONSE_KEY = "shop.close_after_response"

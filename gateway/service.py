@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 from nameko.dependency_providers import Config
 from werkzeug.wrappers import Response
 
-import gateway.exceptions  # noqa: F401  (registers the services' errors)
 from common.logs import WorkerLog
 from common.metrics import Metrics, exposition
 from common.registry import SERVICES

@@ -16,13 +16,18 @@ Safety of each step when repeated:
 """
 from decimal import Decimal
 
-from nameko.exceptions import registry
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.errors import NotFound, ServiceUnavailable, ShopError, ValidationError
-from orders.exceptions import OrderFailed
+from common.errors import (
+    InsufficientStock,
+    NotFound,
+    OrderFailed,
+    ServiceUnavailable,
+    ShopError,
+    ValidationError,
+    error_class,
+)
 from orders.models import OrderLine, OrderStatus
-from products.exceptions import InsufficientStock
 
 # Answers that refuse an order for good (nothing was reserved): CustomerNotFound,
 # ProductNotFound, InsufficientStock, ValidationError.
@@ -30,21 +35,17 @@ DEFINITE_REFUSALS = (NotFound, InsufficientStock, ValidationError)
 
 
 def error_record(exc):
-    """``exc`` as stored in ``orders.failure``, rebuildable by :func:`stored_error`."""
+    """``exc`` as stored in ``orders.failure``, rebuildable by :func:`stored_error`:
+    ``{"error", "message", "details", "status"}``. The error is named by its stable code,
+    never by its class path (renaming or moving a class changes nothing stored)."""
     if not isinstance(exc, ShopError):
         exc = ServiceUnavailable(f"unexpected error: {type(exc).__name__}")
-    cls = type(exc)
-    return {
-        **exc.to_dict(),
-        "status": exc.status,
-        "exc_path": f"{cls.__module__}.{cls.__name__}",
-    }
+    return {**exc.to_dict(), "status": exc.status}
 
 
 def stored_error(record):
-    """The ShopError ``record`` describes (its own class when registered)."""
-    cls = registry.get(record.get("exc_path"), ShopError)
-    return cls(record["message"], record.get("details"))
+    """The ShopError ``record`` describes: the contract class of its code."""
+    return error_class(record["error"])(record["message"], record.get("details"))
 
 
 def advance(order, check_customer, products):

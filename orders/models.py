@@ -32,7 +32,8 @@ class Order(Base):
     total: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))  # set when confirmed
     # What was asked: [{"id", "quantity"}], merged, in id order (to resume a pending order).
     requested: Mapped[list] = mapped_column(JSONB)
-    # Why the order is not confirmed: the error envelope, plus "status" and "exc_path".
+    # Why the order is not confirmed: the error envelope (its "error" code names the class
+    # in common.errors), plus "status".
     failure: Mapped[dict | None] = mapped_column(JSONB)
     idempotency_key: Mapped[str | None] = mapped_column(String(100), unique=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))

@@ -6,6 +6,7 @@ databases, free gateway ports), each with its log under ``<run_dir>/logs``. The 
 tests kill processes by name and let supervisord restart them, as in production.
 """
 import contextlib
+import importlib
 import os
 import secrets
 import signal
@@ -17,11 +18,21 @@ from urllib.parse import urlparse
 from sqlalchemy import text
 
 from common.config import ROOT
+from common.registry import SERVICE_CLASSES
 from scripts.processes import free_port, free_port_block, process_alive
 from scripts.readiness import wait_until_ready
 from scripts.supervisor import metrics_targets, write_supervisor_conf
 
 START_TIMEOUT = 60
+
+
+def service_class(kind):
+    """The class ``nameko run`` starts for ``kind`` (common/registry.py), imported by its
+    registered name: a service's integration tests run the other services' containers
+    this way, as supervisord does, without importing their packages (no service package
+    imports another, tests included: tests/test_import_graph.py)."""
+    module, _, name = SERVICE_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @contextlib.contextmanager

@@ -11,11 +11,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from common.errors import ServiceUnavailable
-
+from common.errors import InsufficientStock, ServiceUnavailable
 from customers.service import CustomersService
 from orders.service import OrdersService
-from products.exceptions import InsufficientStock
 from products.service import ProductsService
 from tests.harness import free_port
 

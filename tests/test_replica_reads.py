@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import InternalError, OperationalError
 
 from common.db import engine_options, read_replica_uri, replica_engine_options
+from common.errors import ProductNotFound
 from common.replica import Breaker, ReplicaReads
-from products.exceptions import ProductNotFound
 from products.service import ProductsService
 from tests.harness import free_port
 

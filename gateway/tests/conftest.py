@@ -1,11 +1,8 @@
 """Fixtures of the gateway's own tests: a real gateway container on a free port."""
 import pytest
 
-from customers.service import CustomersService
 from gateway.service import GatewayService
-from orders.service import OrdersService
-from products.service import ProductsService
-from tests.harness import free_port
+from tests.harness import free_port, service_class
 
 
 @pytest.fixture
@@ -34,8 +31,8 @@ def start_shop(runner_factory, service_config):
         address = f"127.0.0.1:{free_port()}"
         config = {**service_config, "WEB_SERVER_ADDRESS": address, "RECOVERY_INTERVAL": 0,
                   "HOLD_CHECK_INTERVAL": 0, **overrides}
-        runner_factory(config, GatewayService, CustomersService, ProductsService,
-                       OrdersService).start()
+        services = [service_class(kind) for kind in ("customers", "products", "orders")]
+        runner_factory(config, GatewayService, *services).start()
         return f"http://{address}"
 
     return start

@@ -7,10 +7,10 @@ from nameko.testing.services import worker_factory
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationError
+from common.errors import BadRequest, InsufficientStock, ValidationError
+from gateway.exceptions import PayloadTooLarge, UnsupportedMediaType
 from gateway.http import error_response, read_json
 from gateway.service import GatewayService
-from products.exceptions import InsufficientStock
 
 
 def request(method="GET", path="/", body=None, data=None, content_type="application/json", **kw):

@@ -3,16 +3,15 @@ PostgreSQL: errors cross two RPC hops and arrive as their own classes."""
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from customers.exceptions import CustomerNotFound
-from customers.service import CustomersService
+from common.errors import CustomerNotFound, InsufficientStock, ProductNotFound
 from orders.service import OrdersService
-from products.exceptions import InsufficientStock, ProductNotFound
-from products.service import ProductsService
+from tests.harness import service_class
 
 
 @pytest.fixture
 def cluster(runner_factory, service_config):
-    runner_factory(service_config, CustomersService, ProductsService, OrdersService).start()
+    customers, products = service_class("customers"), service_class("products")
+    runner_factory(service_config, customers, products, OrdersService).start()
     with ClusterRpcProxy(service_config, timeout=30) as proxy:
         yield proxy
 

@@ -11,13 +11,18 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from common.db import ShopDatabaseWrapper
-from common.errors import GatewayTimeout, ServiceUnavailable, ValidationError
+from common.errors import (
+    CustomerNotFound,
+    GatewayTimeout,
+    InsufficientStock,
+    ProductNotFound,
+    ServiceUnavailable,
+    ValidationError,
+)
 from common.idempotency import IdempotencyKeyReused
-from customers.exceptions import CustomerNotFound
-from orders.exceptions import OrderFailed, OrderNotCancellable, OrderNotFound
 from orders import service as orders_service
+from orders.exceptions import OrderFailed, OrderNotCancellable, OrderNotFound
 from orders.service import OrdersService
-from products.exceptions import InsufficientStock, ProductNotFound
 
 CUSTOMER = {"id": 1, "name": "john doe", "email": "john@example.com"}
 ORDER = {"customer_id": 1, "products": [{"id": 7, "quantity": 2}, {"id": 3, "quantity": 1}, {"id": 7, "quantity": 1}]}

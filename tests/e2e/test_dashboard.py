@@ -100,7 +100,7 @@ OUTCOME_MATCHER = re.compile(r'outcome\s*(=~|!~|=|!=)\s*\\?"([^"\\]*)')
 def known_outcomes():
     """Every word the ``outcome`` label can hold: ``ok`` and every error code."""
     import common.errors
-    import gateway.exceptions  # noqa: F401 - registers every service's errors
+    import gateway.exceptions  # noqa: F401 - the gateway-only errors (401, 413...)
 
     def codes(cls):
         yield cls.error
