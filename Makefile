@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lock shell bench bench-check bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lint coverage lock shell bench bench-check bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -102,6 +102,18 @@ test: build services  ## the whole suite on real RabbitMQ and PostgreSQL (faults
 
 test-faults: build services  ## only the fault tests: kill -9, SIGTERM, broker/database restarts
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
+lint: build  ## ruff (lint and format check) over the code, mypy over common/ and the services (pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+coverage: build services  ## line and branch coverage of the unit and e2e layers (the service processes included): report, and HTML in .run/coverage/html
+	rm -rf .run/coverage && mkdir -p .run/coverage
+	$(BIN)/coverage run -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report --sort=cover | tail -40
+	$(BIN)/coverage html -q -d .run/coverage/html
 
 lock:  ## re-pin requirements.lock from requirements.in
 	rm -rf /tmp/shop-lock-venv && $(PYTHON) -m venv /tmp/shop-lock-venv
