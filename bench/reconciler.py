@@ -50,6 +50,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from common import admin  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.registry import SERVICE_CLASSES  # noqa: E402
+from common.settings import settings_of  # noqa: E402
 from scripts.readiness import wait_until_ready  # noqa: E402
 
 START_TIMEOUT = 60
@@ -248,7 +249,7 @@ def main():
     holds = env_int("BENCH_HOLDS", 40000)
     orphans = env_int("BENCH_ORPHANS", 2000)
     bench = Bench()
-    batch = os.environ.get("HOLD_CHECK_BATCH") or bench.config.get("HOLD_CHECK_BATCH", 500)
+    batch = settings_of(bench.config).hold_check_batch  # the environment's, else the default
     print(f"reconciler bench: {holds} confirmed holds, {orphans} orphans; batch {batch}, "
           f"interval {bench.interval} s; orders x{orders_processes}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)

@@ -41,16 +41,12 @@ from sqlalchemy.orm import Session
 
 from common.errors import ServiceUnavailable
 from common.metrics import watch_pool
-from common.replica import DEFAULT_RETRY_SECONDS, DEFAULT_TIMEOUT_MS, ReplicaReads, always
+from common.replica import ReplicaReads, always
+from common.settings import settings_of
 from common.tracing import provider_for, records_spans, trace_statements
 
-DEFAULT_LOCK_TIMEOUT_MS = 3000
-DEFAULT_STATEMENT_TIMEOUT_MS = 4000
-DEFAULT_IDLE_IN_TRANSACTION_MS = 30000
-DEFAULT_PING_IDLE_SECONDS = 2.0
 DEFAULT_CONNECT_TIMEOUT = 5
 MAX_INT4 = 2**31 - 1
-DB_READ_URIS_KEY = "DB_READ_URIS"
 REPLICA_CONNECT_TIMEOUT = 2  # seconds; libpq's minimum (the eventlet bound is shorter)
 
 log = logging.getLogger(__name__)
@@ -58,12 +54,13 @@ log = logging.getLogger(__name__)
 
 def engine_options(config):
     """Engine keyword arguments for a service container's ``config``."""
-    lock_ms = int(config.get("DB_LOCK_TIMEOUT_MS", DEFAULT_LOCK_TIMEOUT_MS))
-    statement_ms = int(config.get("DB_STATEMENT_TIMEOUT_MS", DEFAULT_STATEMENT_TIMEOUT_MS))
-    idle_ms = int(config.get("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", DEFAULT_IDLE_IN_TRANSACTION_MS))
+    settings = settings_of(config)
+    lock_ms = settings.db_lock_timeout_ms
+    statement_ms = settings.db_statement_timeout_ms
+    idle_ms = settings.db_idle_in_transaction_timeout_ms
     options = {
         "pool_pre_ping": False,
-        "pool_size": int(config.get("max_workers", 10)),
+        "pool_size": settings.max_workers,
         "max_overflow": 0,  # a worker holds one connection at most: never more than max_workers
         # The ORM's multi-row UPDATEs (a release's stock increments) in one round trip
         # (psycopg2's execute_batch), not one per row. Their rowcount is then unknown;
@@ -95,7 +92,7 @@ def replica_engine_options(options):
 def read_replica_uri(config, key, primary_uri):
     """The read replica's URI for ``key`` (``"products:Base"``) in ``DB_READ_URIS``, or
     None when it is unset, empty or the primary's own URI."""
-    uri = str((config.get(DB_READ_URIS_KEY) or {}).get(key) or "").strip()
+    uri = str((settings_of(config).db_read_uris or {}).get(key) or "").strip()
     return uri if uri and uri != primary_uri else None
 
 
@@ -211,7 +208,8 @@ class Database(NamekoDatabase):
         config = self.container.config
         self.engine_options = {**engine_options(config), **self.engine_options}
         super().setup()
-        idle = float(config.get("DB_PING_IDLE_SECONDS", DEFAULT_PING_IDLE_SECONDS))
+        settings = settings_of(config)
+        idle = settings.db_ping_idle_seconds
         ping_when_idle(self.engine, idle)
         connect_args = self.engine_options.get("connect_args", {})
         bound_connect(self.engine,
@@ -231,8 +229,8 @@ class Database(NamekoDatabase):
                 trace_statements(engine, provider, service)
         self.reads = ReplicaReads(
             engine, service, autocommit_session,
-            timeout=float(config.get("DB_REPLICA_TIMEOUT_MS", DEFAULT_TIMEOUT_MS)) / 1000,
-            retry_seconds=float(config.get("DB_REPLICA_RETRY_SECONDS", DEFAULT_RETRY_SECONDS)),
+            timeout=settings.db_replica_timeout_ms / 1000,
+            retry_seconds=settings.db_replica_retry_seconds,
         )
 
     def stop(self):

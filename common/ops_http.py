@@ -28,10 +28,9 @@ from common.db import Database, ShopDatabaseWrapper, check_database
 from common.errors import ShopError
 from common.metrics import exposition
 from common.rpc import broker_status
+from common.settings import settings_of
 
-OPS_HTTP_ADDRESS_KEY = "OPS_HTTP_ADDRESS"
 SOCKET_TIMEOUT = 10.0  # seconds a scrape may stay silent before its connection is closed
-DEFAULT_READY_TIMEOUT = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,10 @@ class OpsHttp(DependencyProvider):
     broker_watch = BrokerWatch()
 
     def setup(self):
-        config = self.container.config
-        address = config.get(OPS_HTTP_ADDRESS_KEY)
+        settings = settings_of(self.container.config)
+        address = settings.ops_http_address
         self.address = parse_address(address) if address else None
-        self.ready_timeout = float(config.get("READY_TIMEOUT", DEFAULT_READY_TIMEOUT))
+        self.ready_timeout = settings.ready_timeout
         self.sock = None
         self.server_thread = None
         self.routes = {"/health": _health, "/ready": self._ready, "/metrics": _metrics}

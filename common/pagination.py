@@ -13,10 +13,7 @@ from sqlalchemy import select
 from common.db import MAX_INT4
 from common.errors import ValidationError
 from common.schemas import load
-
-DEFAULT_PAGE_LIMIT = 100
-MAX_PAGE_LIMIT = 1000
-DEFAULT_PAGE_MAX_LINES = 2000
+from common.settings import settings_of
 
 
 class PageSchema(Schema):
@@ -26,16 +23,17 @@ class PageSchema(Schema):
 
 def page_params(config, limit=None, after=None):
     """Validated ``(limit, after)``; ``limit`` defaults to ``PAGE_DEFAULT_LIMIT`` and may
-    not exceed ``PAGE_MAX_LIMIT`` (config.yml). Strings such as ``"10"`` are accepted."""
+    not exceed ``PAGE_MAX_LIMIT`` (:mod:`common.settings`). Strings such as ``"10"`` are accepted."""
     raw = {key: value for key, value in (("limit", limit), ("after", after)) if value is not None}
-    max_limit = int(config.get("PAGE_MAX_LIMIT", MAX_PAGE_LIMIT))
+    settings = settings_of(config)
+    max_limit = settings.page_max_limit
     params = load(PageSchema(), raw)
     if params["limit"] is not None and params["limit"] > max_limit:
         raise ValidationError(
             f"limit may not exceed {max_limit}", {"limit": [f"Must be at most {max_limit}."]}
         )
     if params["limit"] is None:
-        params["limit"] = min(int(config.get("PAGE_DEFAULT_LIMIT", DEFAULT_PAGE_LIMIT)), max_limit)
+        params["limit"] = min(settings.page_default_limit, max_limit)
     return params["limit"], params["after"]
 
 

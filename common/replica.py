@@ -36,11 +36,14 @@ import eventlet
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.metrics import DB_READS, DB_REPLICA_UP
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_MS = 500  # + the primary's statement_timeout (4 s) < RPC_TIMEOUT (5 s)
-DEFAULT_RETRY_SECONDS = 5.0
+# The defaults of DB_REPLICA_TIMEOUT_MS and DB_REPLICA_RETRY_SECONDS (common/settings.py):
+# the timeout + the primary's statement_timeout < RPC_TIMEOUT.
+DEFAULT_TIMEOUT_MS = Settings.default("DB_REPLICA_TIMEOUT_MS")
+DEFAULT_RETRY_SECONDS = Settings.default("DB_REPLICA_RETRY_SECONDS")
 SOURCES = ("replica", "primary", "fallback_miss", "fallback_error")
 
 

@@ -46,13 +46,11 @@ from nameko.rpc import (
 from common.broker import BrokerWatch
 from common.errors import GatewayTimeout, ServiceUnavailable, ShopError
 from common.metrics import observe_rpc_call
+from common.settings import settings_of
 from common.tracing import client_span, mark_outcome, provider_for
 
 log = logging.getLogger(__name__)
 
-RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
-RPC_TIMEOUTS_CONFIG_KEY = "RPC_TIMEOUTS"  # per target service, overrides RPC_TIMEOUT
-DEFAULT_RPC_TIMEOUT = 10.0
 # Errors a service replies with when its own broker connection broke mid-call, or when it
 # was stopping (nameko 2.x sends them as RemoteError): transient, the call is retryable.
 TRANSPORT_FAILURES = frozenset({
@@ -64,17 +62,13 @@ TRANSPORT_FAILURES = frozenset({
 
 def call_bound(config, target_service):
     """Seconds a call to ``target_service`` may take: ``RPC_TIMEOUTS[target_service]``,
-    else ``RPC_TIMEOUT``."""
-    return float(
-        (config.get(RPC_TIMEOUTS_CONFIG_KEY) or {}).get(target_service)
-        or config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)
-    )
+    else ``RPC_TIMEOUT`` (:class:`common.settings.Settings`)."""
+    return settings_of(config).call_bound(target_service)
 
 
 def longest_call_bound(config):
     """The longest bound of any call made with ``config``, in seconds."""
-    per_service = [float(value) for value in (config.get(RPC_TIMEOUTS_CONFIG_KEY) or {}).values()]
-    return max([float(config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)), *per_service])
+    return settings_of(config).longest_call_bound()
 
 
 class ReplyPublisher(Publisher):

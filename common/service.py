@@ -1,21 +1,23 @@
 """What every shop service with a database has in common."""
-from nameko.dependency_providers import Config
 
 from common.db import check_database
 from common.logs import WorkerLog
 from common.metrics import Metrics
 from common.ops_http import OpsHttp
 from common.rpc import rpc
+from common.settings import Config, SettingsCheck
 from common.tracing import Tracing
 
 
 class ShopService:
-    """Base of customers, products and orders: their config, the one JSON log line per
+    """Base of customers, products and orders: their config (checked at start:
+    :class:`common.settings.SettingsCheck`), the one JSON log line per
     worker, metrics and traces of every worker, the operations listener (``/health``,
     ``/metrics`` on ``OPS_HTTP_ADDRESS``) and the two RPC probes. A subclass sets
     ``name`` and ``db``."""
 
-    config = Config()
+    config = Config()  # one read-only view of the container config for every worker
+    settings_check = SettingsCheck()  # a malformed setting stops the start (common/settings.py)
     worker_log = WorkerLog()
     metrics = Metrics()
     tracing = Tracing()

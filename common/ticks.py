@@ -7,7 +7,7 @@ expected and harmless: nothing was decided, and the job runs again at its next t
 
 :func:`retried_at_next_tick` is the contract, as a context manager or a decorator::
 
-    @config_timer("HOLD_CHECK_INTERVAL", 10)
+    @config_timer("HOLD_CHECK_INTERVAL")
     @retried_at_next_tick(log, "hold reconciliation")
     def reconcile_holds(self): ...
 

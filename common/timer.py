@@ -1,17 +1,21 @@
-"""``@config_timer("KEY", default)``: Nameko's ``@timer`` with its interval read from the
-container config at setup, so intervals live in config.yml like every other setting.
+"""``@config_timer("KEY")``: Nameko's ``@timer`` with its interval read from the
+container's settings at setup (:mod:`common.settings`: ``KEY``'s default is written there,
+once), so intervals are configured like every other setting.
 An interval of 0 (or less) disables the timer."""
 from nameko.timer import Timer
 
+from common.settings import Settings, settings_of
+
 
 class ConfigTimer(Timer):
-    def __init__(self, config_key, default, **kwargs):
+    def __init__(self, config_key, **kwargs):
+        if config_key not in Settings.keys():
+            raise KeyError(f"{config_key} is not a setting (common/settings.py)")
         self.config_key = config_key
-        self.default = default
-        super().__init__(interval=default, **kwargs)
+        super().__init__(interval=Settings.default(config_key), **kwargs)
 
     def setup(self):
-        self.interval = float(self.container.config.get(self.config_key, self.default))
+        self.interval = settings_of(self.container.config).value(self.config_key)
         super().setup()
 
     def start(self):

@@ -48,10 +48,9 @@ from nameko.extensions import DependencyProvider
 
 from common.errors import ShopError, outcome_of
 from common.metrics import entrypoint_kind  # one classification for metrics and traces
+from common.settings import TRACING_EXPORTERS, settings_of
 
-EXPORTER_KEY = "TRACING_EXPORTER"
-SAMPLE_RATIO_KEY = "TRACING_SAMPLE_RATIO"
-EXPORTERS = ("none", "otlp", "console")
+EXPORTERS = TRACING_EXPORTERS
 TRACE_HEADERS = ("traceparent", "tracestate")  # the context data keys of W3C Trace Context
 
 propagator = TraceContextTextMapPropagator()
@@ -75,13 +74,12 @@ _provider = None  # this process's TracerProvider
 
 def build_provider(config, service_name):
     """A TracerProvider as config.yml says (module docstring)."""
-    exporter = str(config.get(EXPORTER_KEY) or "none").lower()
-    if exporter not in EXPORTERS:
-        raise ValueError(f"{EXPORTER_KEY} must be one of {EXPORTERS}, not {exporter!r}")
+    settings = settings_of(config)  # an exporter it does not know raises ValueError
+    exporter = settings.tracing_exporter
     resource = Resource.create({"service.name": service_name, "service.namespace": "shop"})
     if exporter == "none":
         return TracerProvider(sampler=ALWAYS_OFF, resource=resource)
-    ratio = float(config.get(SAMPLE_RATIO_KEY, 1.0))
+    ratio = settings.tracing_sample_ratio
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)), resource=resource)
     if exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

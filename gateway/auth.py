@@ -8,16 +8,15 @@ against every configured token.
 """
 import hmac
 
+from common.settings import settings_of
 from gateway.exceptions import Forbidden, Unauthorized
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def configured_tokens(config):
-    raw = config.get("API_TOKENS") or []
-    if not isinstance(raw, list):  # "a,b" from the environment (YAML may make it a number)
-        raw = str(raw).split(",")
-    return [str(token).strip().encode() for token in raw if str(token).strip()]
+    """``API_TOKENS`` as bytes (a list, or "a,b" from the environment: common/settings.py)."""
+    return [token.encode() for token in settings_of(config).api_tokens]
 
 
 def authorize(request, tokens):

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from common.config import ROOT
 from common.errors import CustomerNotFound, OrderNotFound, ServiceUnavailable
+from common.settings import settings_of
 from gateway.auth import configured_tokens
 from gateway.exceptions import Forbidden, Unauthorized
 
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 
 ADMIN_SCOPE = "shop:admin"
 PRINCIPAL_KEY = "shop.principal"
-DEFAULT_ISSUER = "shop"
-DEFAULT_AUDIENCE = "shop-api"
 DEV_SECRET_PATH = os.path.join(ROOT, ".run", "jwt-dev-secret")
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
 
@@ -179,7 +178,8 @@ class Verifier:
     def __init__(self, config):
         self.issuer = issuer(config)
         self.audience = audience(config)
-        self.leeway = float(config.get("AUTH_JWT_LEEWAY") or 0)
+        settings = settings_of(config)
+        self.leeway = settings.auth_jwt_leeway
         self._jwks_client = self._jwks = self._key = None
         jwks = str(config.get("AUTH_JWT_JWKS") or "").strip()
         public_key = public_key_pem(config)
@@ -189,9 +189,9 @@ class Verifier:
             self.source = f"JWKS {jwks}"
             if jwks.startswith(("http://", "https://")):
                 self._jwks_client = jwt.PyJWKClient(
-                    jwks, cache_keys=True, timeout=float(config.get("AUTH_JWT_JWKS_TIMEOUT") or 5),
-                    lifespan=float(config.get("AUTH_JWT_JWKS_CACHE_SECONDS") or 300),
-                    cooldown_duration=float(config.get("AUTH_JWT_JWKS_REFETCH_SECONDS", 30)),
+                    jwks, cache_keys=True, timeout=settings.auth_jwt_jwks_timeout,
+                    lifespan=settings.auth_jwt_jwks_cache_seconds,
+                    cooldown_duration=settings.auth_jwt_jwks_refetch_seconds,
                 )
             else:
                 with open(jwks) as file:
@@ -279,11 +279,11 @@ def signing_secret(config):
 
 
 def issuer(config):
-    return str(config.get("AUTH_JWT_ISSUER") or DEFAULT_ISSUER)
+    return settings_of(config).auth_jwt_issuer
 
 
 def audience(config):
-    return str(config.get("AUTH_JWT_AUDIENCE") or DEFAULT_AUDIENCE)
+    return settings_of(config).auth_jwt_audience
 
 
 def mint(config, admin=False, customer_id=None, ttl=3600, now=None):

@@ -6,8 +6,7 @@ from nameko.extensions import DependencyProvider
 
 from common.errors import ShopError
 from common.rpc import BoundedRpcProxy, BoundedServiceProxy, broker_status
-
-DEFAULT_READY_TIMEOUT = 2.0
+from common.settings import settings_of
 
 
 class Readiness:
@@ -51,7 +50,7 @@ class ReadinessProbes(BoundedRpcProxy):
         self.services = services
 
     def get_dependency(self, worker_ctx):
-        timeout = float(self.container.config.get("READY_TIMEOUT", DEFAULT_READY_TIMEOUT))
+        timeout = settings_of(self.container.config).ready_timeout
         probes = {
             service: BoundedServiceProxy(
                 worker_ctx, service, self.rpc_reply_listener, timeout=timeout,

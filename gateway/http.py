@@ -49,6 +49,7 @@ from common.logs import REQUEST_ID_KEY
 from common.metrics import HTTP_RESPONSES, child
 from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
+from common.settings import settings_of
 from gateway import authz
 from gateway.auth import authorize
 from gateway.exceptions import (
@@ -60,9 +61,6 @@ from gateway.protocol import (
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")  # fullmatch: no trailing newline
-DEFAULT_LISTEN_BACKLOG = 1024
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
-DEFAULT_IDLE_TIMEOUT = 10.0
 DRAIN_IDLE_GRACE = 1.0  # seconds an open keep-alive connection gets to send one more request
 MAX_TRACE_HEADER_CHARS = 512  # a longer traceparent/tracestate is ignored, not forwarded
 BODY_KEY = "shop.body"
@@ -104,7 +102,7 @@ def request_id_of(request):
 
 
 def max_body_bytes(config):
-    return int(config.get("HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    return settings_of(config).http_max_body_bytes
 
 
 def read_json(request, max_bytes):
@@ -215,7 +213,7 @@ class JsonWebServer(WebServer):
 
     def get_wsgi_server(self, sock, wsgi_app, protocol=JsonHttpProtocol, debug=False):
         server = super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
-        idle = float(self.container.config.get("HTTP_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT))
+        idle = settings_of(self.container.config).http_idle_timeout
         server.socket_timeout = idle  # every read and write on a connection
         server.keepalive = idle  # the wait for the next request on an idle connection
         return server
@@ -305,7 +303,7 @@ class JsonWebServer(WebServer):
     def start(self):
         if not self._starting:
             self._starting = True
-            backlog = int(self.container.config.get("WEB_LISTEN_BACKLOG", DEFAULT_LISTEN_BACKLOG))
+            backlog = settings_of(self.container.config).web_listen_backlog
             self._sock = eventlet.listen(self.bind_addr, backlog=backlog)
             self._sock.settimeout(None)  # see nameko.web.server.WebServer.start
             self._serv = self.get_wsgi_server(self._sock, self.get_wsgi_app())

@@ -10,12 +10,12 @@ import uuid
 from functools import partial
 from urllib.parse import urlencode
 
-from nameko.dependency_providers import Config
 from werkzeug.wrappers import Response
 
 from common.logs import WorkerLog
 from common.metrics import Metrics, exposition
 from common.registry import SERVICES
+from common.settings import Config, SettingsCheck
 from common.rpc import BoundedRpcProxy
 from common.tracing import Tracing
 from gateway import authz, openapi
@@ -28,7 +28,8 @@ from gateway.http import (
 class GatewayService:
     name = "gateway"
 
-    config = Config()
+    config = Config()  # one read-only view of the container config for every worker
+    settings_check = SettingsCheck()  # a malformed setting stops the start (common/settings.py)
     customers = BoundedRpcProxy("customers")
     products = BoundedRpcProxy("products")
     orders = BoundedRpcProxy("orders")

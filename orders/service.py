@@ -35,9 +35,10 @@ from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
 from common.metrics import IDEMPOTENT_REPLAYS, ORDERS, ORDERS_RECOVERED, count_on_commit
 from common.idempotency import checked_key, ensure_same_request, fingerprint
-from common.pagination import DEFAULT_PAGE_MAX_LINES, budget_batches, budget_page, page_params
+from common.pagination import budget_batches, budget_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
+from common.settings import settings_of
 from common.ticks import retried_at_next_tick
 from common.timer import config_timer
 from orders import flow
@@ -260,7 +261,7 @@ class OrdersService(ShopService):
         candidates (100,000 for 1,000 orders of 100 lines) to answer 2,000. Lines are then
         loaded only for the orders kept."""
         limit, after = page_params(self.config, limit, after)
-        max_lines = int(self.config.get("PAGE_MAX_LINES", DEFAULT_PAGE_MAX_LINES))
+        max_lines = settings_of(self.config).page_max_lines
         # One autocommit connection: the customer check's write (remember) is one
         # idempotent statement, committed by itself.
         with self.db.reading() as session:
@@ -297,7 +298,7 @@ class OrdersService(ShopService):
             )
             return {ref: status for ref, status in rows}
 
-    @config_timer("RECOVERY_INTERVAL", 5)
+    @config_timer("RECOVERY_INTERVAL")
     @retried_at_next_tick(log, "recovery of pending orders")
     def recover_pending_orders(self):
         """Resolve ``pending`` orders untouched for ``RECOVERY_AGE`` seconds (see
@@ -305,7 +306,7 @@ class OrdersService(ShopService):
         process is working on are skipped. Stops at the first failure (e.g. products
         down, or its own database unavailable: one warning, see :mod:`common.ticks`) and
         tries again at the next tick."""
-        age = timedelta(seconds=float(self.config.get("RECOVERY_AGE", 30)))
+        age = timedelta(seconds=settings_of(self.config).recovery_age)
         for _ in range(100):
             with self.db.get_session() as session:
                 order = session.scalars(

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from common.metrics import HOLDS_RELEASED
+from common.settings import settings_of
 from products import stock
 from products.models import HoldStatus
 
@@ -84,10 +85,11 @@ class Settings:
 
     @classmethod
     def from_config(cls, config):
+        settings = settings_of(config)
         return cls(
-            age=float(config.get("HOLD_CONFIRM_AGE", 120)),
-            interval=float(config.get("HOLD_CHECK_INTERVAL", 10)),
-            batch=max(1, min(int(config.get("HOLD_CHECK_BATCH", 500)), MAX_BATCH)),
+            age=settings.hold_confirm_age,
+            interval=settings.hold_check_interval,
+            batch=min(settings.hold_check_batch, MAX_BATCH),
         )
 
 

@@ -149,7 +149,7 @@ class ProductsService(ShopService):
             }
             return reservation_schema.dump(stock.describe(hold, products))
 
-    @config_timer("HOLD_CHECK_INTERVAL", 10)
+    @config_timer("HOLD_CHECK_INTERVAL")
     @retried_at_next_tick(log, "hold reconciliation")
     def reconcile_holds(self):
         """Settle the holds whose order is decided and give back stock held for orders that

@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from common.db import ShopDatabaseWrapper
 from common.errors import GatewayTimeout, ValidationError
 from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
+from common.settings import settings_of
 from products.exceptions import InsufficientStock, OrderTotalTooLarge, ProductNotFound
 from products.service import ProductsService
 
@@ -347,7 +348,7 @@ def test_a_tick_stops_at_its_time_budget_and_the_next_one_goes_on(reconciler_wit
 
 
 def test_the_batch_size_is_config_yml_s(reconciler_with, clean_databases, base_config):
-    batch = int(base_config["HOLD_CHECK_BATCH"])  # 500
+    batch = settings_of(base_config).hold_check_batch  # 500
     refs = [f"ref-{n:05d}" for n in range(2 * batch + 100)]
     insert_holds(clean_databases["products"], refs)
     calls = []

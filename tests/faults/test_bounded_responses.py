@@ -23,6 +23,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
+from common.settings import settings_of
 from tests.faults.conftest import DEFINITE, FAST_RECOVERY
 
 HEAVY_ORDERS = 1000
@@ -31,7 +32,6 @@ READERS = 10
 READ_SECONDS = 60  # the readers' own bound, should the load outlast it
 RSS_BOUND_MB = 300  # per orders process; one idles at ~80 MB
 HEALTH_BOUND_SECONDS = 5.0  # /health makes no RPC: only a starved gateway is this slow
-DEFAULT_PAGE_MAX_LINES = 2000
 
 
 def seed_heavy_orders(engines, customer_id):
@@ -179,7 +179,7 @@ class Watch:
 
 @pytest.fixture
 def page_max_lines(base_config):
-    return int(base_config.get("PAGE_MAX_LINES", DEFAULT_PAGE_MAX_LINES))
+    return settings_of(base_config).page_max_lines
 
 
 def test_order_placement_keeps_answering_while_heavy_reads_run(
