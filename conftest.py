@@ -11,6 +11,7 @@ the Alembic migrations (so models and migrations cannot drift) and emptied befor
 test that asks for ``clean_databases``. RabbitMQ isolation comes from nameko's pytest
 plugin: ``rabbit_config`` is a fresh vhost per test.
 """
+
 import eventlet
 
 eventlet.monkey_patch()
@@ -71,7 +72,9 @@ def databases(test_db_uris, admin_uri):
 
 @pytest.fixture(scope="session")
 def db_engines(databases):
-    engines = {service: create_engine(uri, pool_pre_ping=True) for service, uri in databases.items()}
+    engines = {
+        service: create_engine(uri, pool_pre_ping=True) for service, uri in databases.items()
+    }
     yield engines
     for engine in engines.values():
         engine.dispose()

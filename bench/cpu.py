@@ -4,6 +4,7 @@ supervisord; RabbitMQ; PostgreSQL; wrk; the bench itself; "other"), the machine'
 time, and which long-lived processes (services, RabbitMQ's VM, PostgreSQL's postmaster)
 stopped between two snapshots.
 """
+
 import os
 
 from bench.settings import ROOT
@@ -55,16 +56,19 @@ def cpu_snapshot():
                 stat = f.read()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
         pid, ppid = int(entry), int(fields[1])
         seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         per_pid[pid] = (classify(pid, comm, ppid, stack_parent), seconds, comm, ppid)
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:]]
     idle = ticks[3] + ticks[4]
-    return {"pids": per_pid, "busy": (sum(ticks) - idle) / CLOCK_TICKS,
-            "total": sum(ticks) / CLOCK_TICKS}
+    return {
+        "pids": per_pid,
+        "busy": (sum(ticks) - idle) / CLOCK_TICKS,
+        "total": sum(ticks) / CLOCK_TICKS,
+    }
 
 
 def cpu_usage(before, after):
@@ -131,7 +135,8 @@ def cpu_note(usage, answers):
     machine = usage["total"] or 1.0
     other = used.get("other", 0.0)
     return (
-        "CPU ms per answer: " + (", ".join(parts) or "-")
+        "CPU ms per answer: "
+        + (", ".join(parts) or "-")
         + f"; machine busy {100 * usage['busy'] / machine:.0f}%, of which processes outside "
         + f"the stack and the bench {100 * other / machine:.0f}%"
     )

@@ -3,6 +3,7 @@ API (products, customers; retried, since it must exist before a measurement), an
 ``Catalog`` looks at the products table (count, random id samples) and tops it up with
 ``scripts/manage.py seed``.
 """
+
 import os
 import subprocess
 import sys
@@ -57,7 +58,11 @@ class Api:
             with requests.Session() as session:
                 return self.post(
                     "/api/products",
-                    {"name": f"bench {label} {self.settings.tag} {index}", "price": "1.00", "stock": stock},
+                    {
+                        "name": f"bench {label} {self.settings.tag} {index}",
+                        "price": "1.00",
+                        "stock": stock,
+                    },
                     session,
                 )["id"]
 
@@ -113,9 +118,19 @@ class Catalog:
         started = time.monotonic()
         for attempt in range(2):  # once more if the database went away meanwhile
             result = subprocess.run(
-                [sys.executable, os.path.join(ROOT, "scripts", "manage.py"), "seed",
-                 "--customers", "0", "--products", str(at_least - self.count())],
-                cwd=ROOT, capture_output=True, text=True, timeout=600,
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "scripts", "manage.py"),
+                    "seed",
+                    "--customers",
+                    "0",
+                    "--products",
+                    str(at_least - self.count()),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             if result.returncode == 0:
                 break

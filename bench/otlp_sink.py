@@ -6,6 +6,7 @@ the shop's processes, not what a collector costs.
     .venv/bin/python bench/otlp_sink.py 4318 &
     TRACING_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make up
 """
+
 import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

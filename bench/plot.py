@@ -11,6 +11,7 @@ matplotlib is not in requirements.lock (no service or test needs it): run this w
 interpreter that has it, e.g. ``python3 -m venv /tmp/plot && /tmp/plot/bin/pip install
 matplotlib && /tmp/plot/bin/python bench/plot.py ...``.
 """
+
 import json
 import os
 import re
@@ -56,19 +57,33 @@ def main(before_path, after_path, output):
     colours = plt.get_cmap("tab10")
     width = 0.38
     for index, key in enumerate(scenarios):
-        for offset, (name, rows) in ((-width / 2, ("before", before)), (width / 2, ("after", after))):
+        for offset, (name, rows) in (
+            (-width / 2, ("before", before)),
+            (width / 2, ("after", after)),
+        ):
             bottom = 0.0
             split = rows[key][1]
             for n, component in enumerate(COMPONENTS):
                 value = split.get(component, 0.0)
-                axes.bar(index + offset, value, width * 0.95, bottom=bottom, color=colours(n),
-                         label=component if index == 0 and name == "before" else None)
+                axes.bar(
+                    index + offset,
+                    value,
+                    width * 0.95,
+                    bottom=bottom,
+                    color=colours(n),
+                    label=component if index == 0 and name == "before" else None,
+                )
                 bottom += value
-            axes.text(index + offset, bottom + 0.1, f"{name}\n{bottom:.1f}", ha="center",
-                      va="bottom", fontsize=8)
+            axes.text(
+                index + offset,
+                bottom + 0.1,
+                f"{name}\n{bottom:.1f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     axes.set_xticks(range(len(scenarios)))
-    axes.set_xticklabels([before[key][0].split(" ", 1)[1][:34] for key in scenarios],
-                         fontsize=8)
+    axes.set_xticklabels([before[key][0].split(" ", 1)[1][:34] for key in scenarios], fontsize=8)
     axes.set_ylabel("CPU ms per answer (whole stack)")
     axes.set_title("CPU per answer by component, before and after (make bench)")
     axes.legend(loc="upper left", fontsize=8)

@@ -12,6 +12,7 @@ py-spy reads other processes' memory: it needs root or ptrace permission
 (``kernel.yama.ptrace_scope``). Idle time (a process waiting in its event loop) is not
 sampled, so the shares are shares of the CPU each process used.
 """
+
 import collections
 import datetime
 import os
@@ -22,7 +23,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-SUPERVISORCTL = [os.path.join(BIN, "supervisorctl"), "-c", os.path.join(ROOT, ".run", "supervisord.conf")]
+SUPERVISORCTL = [
+    os.path.join(BIN, "supervisorctl"),
+    "-c",
+    os.path.join(ROOT, ".run", "supervisord.conf"),
+]
 # Frames worth naming: the project, and the layers a request crosses.
 INTERESTING = re.compile(
     r"\((common|customers|products|orders|gateway|nameko|nameko_sqlalchemy|kombu|amqp"
@@ -71,12 +76,21 @@ def main():
     if not processes:
         print("profile: no stack running (`make up` first)", file=sys.stderr)
         return 3
-    outdir = os.path.join(ROOT, ".run", "bench", "profiles",
-                          datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{scenario}")
+    outdir = os.path.join(
+        ROOT,
+        ".run",
+        "bench",
+        "profiles",
+        datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{scenario}",
+    )
     os.makedirs(outdir)
     env = {**os.environ, "BENCH_ONLY": scenario, "BENCH_DURATION": f"{duration:g}"}
-    bench = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "run.py")], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    bench = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "bench", "run.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     # Sample the load itself, not the scenario's setup (seeding, creating products).
     for line in bench.stdout:
         print(line, end="")
@@ -87,19 +101,36 @@ def main():
     for name, pid in sorted(processes.items()):
         base = os.path.join(outdir, name)
         for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
-            spies.append(subprocess.Popen(
-                [os.path.join(BIN, "py-spy"), "record", "--nonblocking", "--rate", "200",
-                 "--duration", str(max(1, int(duration / 2))), "--pid", str(pid),
-                 "--format", fmt, "--output", f"{base}.{ext}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            spies.append(
+                subprocess.Popen(
+                    [
+                        os.path.join(BIN, "py-spy"),
+                        "record",
+                        "--nonblocking",
+                        "--rate",
+                        "200",
+                        "--duration",
+                        str(max(1, int(duration / 2))),
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        fmt,
+                        "--output",
+                        f"{base}.{ext}",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
     for line in bench.stdout:
         print(line, end="")
     bench.wait()
     failed = [spy.args[spy.args.index("--pid") + 1] for spy in spies if spy.wait() != 0]
     if failed:
-        print(f"profile: py-spy failed on pids {sorted(set(failed))} (root or ptrace needed)",
-              file=sys.stderr)
+        print(
+            f"profile: py-spy failed on pids {sorted(set(failed))} (root or ptrace needed)",
+            file=sys.stderr,
+        )
     print(f"\nprofile: {scenario}, inclusive share of each process's CPU samples")
     for name in sorted(processes):
         path = os.path.join(outdir, f"{name}.txt")

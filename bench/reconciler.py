@@ -29,6 +29,7 @@ Environment knobs [defaults]:
   HOLD_CHECK_INTERVAL  timer interval and tick budget [1: every process starts within a
                        second of the commit, so the window measures them all at work]
 """
+
 import json
 import os
 import signal
@@ -69,7 +70,8 @@ class Bench:
         for service in ("products", "orders"):
             url = make_url(self.config["DB_URIS"][f"{service}:Base"])
             self.uris[service] = url.set(database=url.database + self.suffix).render_as_string(
-                hide_password=False)
+                hide_password=False
+            )
         self.engines = {}
         self.rabbit = RabbitClient(self.config["RABBIT_MANAGEMENT_URI"])
         amqp = urlparse(self.config["AMQP_URI"])
@@ -107,21 +109,39 @@ class Bench:
 
     def start(self, service, count):
         env = {
-            **os.environ, "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1",
+            **os.environ,
+            "PYTHONPATH": ROOT,
+            "PYTHONDONTWRITEBYTECODE": "1",
             "AMQP_URI": self.amqp_uri,
-            "PRODUCTS_DB_URI": self.uris["products"], "ORDERS_DB_URI": self.uris["orders"],
-            "LOG_LEVEL": "INFO", "WORKER_LOG_LEVEL": "WARNING",
+            "PRODUCTS_DB_URI": self.uris["products"],
+            "ORDERS_DB_URI": self.uris["orders"],
+            "LOG_LEVEL": "INFO",
+            "WORKER_LOG_LEVEL": "WARNING",
             "HOLD_CHECK_INTERVAL": self.interval,
             "RECOVERY_INTERVAL": "0",  # orders' own recovery has nothing to do here
         }
         nameko = os.path.join(os.path.dirname(sys.executable), "nameko")
         for n in range(count):
             log = open(os.path.join(self.logs, f"{service}-{n}.log"), "w")
-            self.processes.append((f"{service}-{n}", subprocess.Popen(
-                [nameko, "run", "--config", os.path.join(ROOT, "config.yml"),
-                 SERVICE_CLASSES[service]],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            ), log))
+            self.processes.append(
+                (
+                    f"{service}-{n}",
+                    subprocess.Popen(
+                        [
+                            nameko,
+                            "run",
+                            "--config",
+                            os.path.join(ROOT, "config.yml"),
+                            SERVICE_CLASSES[service],
+                        ],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    log,
+                )
+            )
 
     def wait_ready(self, services):
         pending = wait_until_ready(self.amqp_uri, services, timeout=START_TIMEOUT)
@@ -164,63 +184,94 @@ class Bench:
     def clean(self):
         for engine in self.engines.values():
             with engine.begin() as conn:
-                tables = conn.scalars(text(
-                    "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tablename <> 'alembic_version'")).all()
+                tables = conn.scalars(
+                    text(
+                        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' "
+                        "AND tablename <> 'alembic_version'"
+                    )
+                ).all()
                 conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 
     def insert_backlog(self, count):
         with self.engines["orders"].begin() as conn:
-            conn.execute(text(
-                "INSERT INTO orders (order_ref, customer_id, status, total, requested, "
-                "created_at, updated_at) SELECT 'bench-' || n, 1, 'confirmed', 0, '[]', "
-                "now() - interval '1 hour', now() - interval '1 hour' "
-                "FROM generate_series(1, :count) AS n"), {"count": count})
+            conn.execute(
+                text(
+                    "INSERT INTO orders (order_ref, customer_id, status, total, requested, "
+                    "created_at, updated_at) SELECT 'bench-' || n, 1, 'confirmed', 0, '[]', "
+                    "now() - interval '1 hour', now() - interval '1 hour' "
+                    "FROM generate_series(1, :count) AS n"
+                ),
+                {"count": count},
+            )
         with self.engines["products"].begin() as conn:
-            conn.execute(text(
-                "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
-                "SELECT 'bench-' || n, 'reserved', t, t FROM generate_series(1, :count) AS n, "
-                "LATERAL (SELECT now() - interval '1 hour' + n * interval '1 ms') AS c(t)"),
-                {"count": count})
+            conn.execute(
+                text(
+                    "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
+                    "SELECT 'bench-' || n, 'reserved', t, t FROM generate_series(1, :count) AS n, "
+                    "LATERAL (SELECT now() - interval '1 hour' + n * interval '1 ms') AS c(t)"
+                ),
+                {"count": count},
+            )
         return time.time()
 
     def insert_orphans(self, count):
         with self.engines["products"].begin() as conn:
-            conn.execute(text(
-                "INSERT INTO products (name, price, stock) VALUES ('orphaned', 1, 0)"))
-            conn.execute(text(
-                "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
-                "SELECT 'orphan-' || n, 'reserved', t, t FROM generate_series(1, :count) AS n, "
-                "LATERAL (SELECT now() - interval '1 hour' + n * interval '1 ms') AS c(t)"),
-                {"count": count})
-            conn.execute(text(
-                "INSERT INTO reservations (order_ref, product_id, quantity, unit_price) "
-                "SELECT 'orphan-' || n, 1, 1, 1 FROM generate_series(1, :count) AS n"),
-                {"count": count})
+            conn.execute(
+                text("INSERT INTO products (name, price, stock) VALUES ('orphaned', 1, 0)")
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
+                    "SELECT 'orphan-' || n, 'reserved', t, t FROM generate_series(1, :count) AS n, "
+                    "LATERAL (SELECT now() - interval '1 hour' + n * interval '1 ms') AS c(t)"
+                ),
+                {"count": count},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO reservations (order_ref, product_id, quantity, unit_price) "
+                    "SELECT 'orphan-' || n, 1, 1, 1 FROM generate_series(1, :count) AS n"
+                ),
+                {"count": count},
+            )
         return time.time()
 
     def wait_done(self, prefix, count, committed_at):
         deadline = time.monotonic() + 60 + count / 50
         with self.engines["products"].connect() as conn:
-            while conn.scalar(text(
+            while conn.scalar(
+                text(
                     "SELECT count(*) FROM order_holds WHERE status = 'reserved' "
-                    "AND order_ref LIKE :prefix"), {"prefix": prefix + "%"}):
+                    "AND order_ref LIKE :prefix"
+                ),
+                {"prefix": prefix + "%"},
+            ):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"reconciler did not finish; logs in {self.logs}")
                 time.sleep(0.2)
                 conn.rollback()
-            first, last, done = conn.execute(text(
-                "SELECT extract(epoch FROM min(updated_at)), extract(epoch FROM max(updated_at)),"
-                " count(*) FROM order_holds WHERE order_ref LIKE :prefix"),
-                {"prefix": prefix + "%"}).one()
-            stock = conn.scalar(text("SELECT stock FROM products WHERE id = 1")) \
-                if prefix == "orphan-" else None
+            first, last, done = conn.execute(
+                text(
+                    "SELECT extract(epoch FROM min(updated_at)), extract(epoch FROM max(updated_at)),"
+                    " count(*) FROM order_holds WHERE order_ref LIKE :prefix"
+                ),
+                {"prefix": prefix + "%"},
+            ).one()
+            stock = (
+                conn.scalar(text("SELECT stock FROM products WHERE id = 1"))
+                if prefix == "orphan-"
+                else None
+            )
         assert done == count
         if stock is not None:
             assert stock == count, f"stock given back {stock}, expected {count}"
         window = float(last) - float(first)
-        return {"holds": count, "holds_per_s": count / window if window else float("inf"),
-                "window_s": window, "wall_s": float(last) - committed_at}
+        return {
+            "holds": count,
+            "holds_per_s": count / window if window else float("inf"),
+            "window_s": window,
+            "wall_s": float(last) - committed_at,
+        }
 
     # -- one run -------------------------------------------------------------------------
 
@@ -236,7 +287,8 @@ class Bench:
             results["backlog"] = self.wait_done("bench-", holds, self.insert_backlog(holds))
             if orphans:
                 results["orphans"] = self.wait_done(
-                    "orphan-", orphans, self.insert_orphans(orphans))
+                    "orphan-", orphans, self.insert_orphans(orphans)
+                )
         finally:
             self.stop()
         results["shares"] = self.shares("products-")
@@ -250,9 +302,12 @@ def main():
     orphans = env_int("BENCH_ORPHANS", 2000)
     bench = Bench()
     batch = settings_of(bench.config).hold_check_batch  # the environment's, else the default
-    print(f"reconciler bench: {holds} confirmed holds, {orphans} orphans; batch {batch}, "
-          f"interval {bench.interval} s; orders x{orders_processes}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"reconciler bench: {holds} confirmed holds, {orphans} orphans; batch {batch}, "
+        f"interval {bench.interval} s; orders x{orders_processes}; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     bench.setup()
     try:
         for count in processes:
@@ -260,9 +315,12 @@ def main():
             for kind in ("backlog", "orphans"):
                 if kind in result:
                     r = result[kind]
-                    print(f"products x{count} {kind:8s}: {r['holds_per_s']:8.0f} holds/s "
-                          f"({r['holds']} in {r['window_s']:.2f} s; {r['wall_s']:.2f} s from "
-                          f"the commit)", flush=True)
+                    print(
+                        f"products x{count} {kind:8s}: {r['holds_per_s']:8.0f} holds/s "
+                        f"({r['holds']} in {r['window_s']:.2f} s; {r['wall_s']:.2f} s from "
+                        f"the commit)",
+                        flush=True,
+                    )
             print(f"products x{count} shares  : {result['shares']}", flush=True)
     finally:
         bench.teardown()

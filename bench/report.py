@@ -3,6 +3,7 @@ settings lines at the start, the table (req/s, latency percentiles, errors, the 
 the ceiling's req/s, the invariant), each row's notes (CPU per answer by component among
 them), and the JSON saved under ``.run/bench/``.
 """
+
 import datetime
 import json
 import os
@@ -46,7 +47,7 @@ def machine_info():
     except Exception:
         mem_total = "?"
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "memory": mem_total,
@@ -74,17 +75,34 @@ def fmt(value, spec):
 
 
 def print_table(rows, ceiling_rps):
-    headers = ["scenario", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "x ceiling", "invariant"]
+    headers = [
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "x ceiling",
+        "invariant",
+    ]
     lines = []
     for row in rows:
         ratio = None
         if ceiling_rps and row.rps is not None and row.key != "burst":
             ratio = row.rps / ceiling_rps
-        lines.append([
-            row.label + (" (!)" if row.disturbed else ""), fmt(row.rps, ".1f"), fmt(row.p50, ".1f"), fmt(row.p95, ".1f"),
-            fmt(row.p99, ".1f"), str(row.errors), fmt(ratio, ".2f"), row.invariant,
-        ])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(headers)]
+        lines.append(
+            [
+                row.label + (" (!)" if row.disturbed else ""),
+                fmt(row.rps, ".1f"),
+                fmt(row.p50, ".1f"),
+                fmt(row.p95, ".1f"),
+                fmt(row.p99, ".1f"),
+                str(row.errors),
+                fmt(ratio, ".2f"),
+                row.invariant,
+            ]
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
 
     def render(cells):
         out = []
@@ -94,11 +112,13 @@ def print_table(rows, ceiling_rps):
 
     print(render(headers))
     print("|" + "|".join(("-" * (w + 2)) for w in widths) + "|")
-    for l in lines:
-        print(render(l))
+    for line in lines:
+        print(render(line))
     if any(row.disturbed for row in rows):
-        print("(!) a stack process, RabbitMQ or PostgreSQL stopped during that scenario: "
-              "its figures are not a measurement of the steady state (notes below)")
+        print(
+            "(!) a stack process, RabbitMQ or PostgreSQL stopped during that scenario: "
+            "its figures are not a measurement of the steady state (notes below)"
+        )
 
 
 def print_results(rows):
@@ -119,10 +139,15 @@ def save(info, settings, rows, status):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(RESULTS_DIR, f"bench-{stamp}.json")
     with open(path, "w") as f:
-        json.dump({
-            "machine": info,
-            "settings": {k: v for k, v in vars(settings).items()},
-            "rows": [r.as_dict() for r in rows],
-            "exit_status": status,
-        }, f, indent=2, default=str)
+        json.dump(
+            {
+                "machine": info,
+                "settings": {k: v for k, v in vars(settings).items()},
+                "rows": [r.as_dict() for r in rows],
+                "exit_status": status,
+            },
+            f,
+            indent=2,
+            default=str,
+        )
     return path

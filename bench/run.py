@@ -36,6 +36,7 @@ Exit status: 0 when the run completed (service errors are results, shown in the 
 1 when the stock invariant failed, 2 on a harness error, 3 when the stack is not up or
 wrk is missing.
 """
+
 import os
 import shutil
 import sys
@@ -95,8 +96,10 @@ def main():
         return 2
     preflight(settings)
     if settings.threads % len(settings.ports):
-        print(f"bench: note: {settings.threads} threads over {len(settings.ports)} ports: "
-              "the ports get unequal shares")
+        print(
+            f"bench: note: {settings.threads} threads over {len(settings.ports)} ports: "
+            "the ports get unequal shares"
+        )
     info = machine_info()
     print_header(info, settings)
     workdir = tempfile.mkdtemp(prefix="shop-bench-")
@@ -135,8 +138,10 @@ def main():
     if any(r.failed for r in rows):
         status = status or 1
     path = save(info, settings, rows, status)
-    print(f"\nbench: results saved to {os.path.relpath(path, ROOT)}"
-          + ("" if status == 0 else f"; exit status {status}"))
+    print(
+        f"\nbench: results saved to {os.path.relpath(path, ROOT)}"
+        + ("" if status == 0 else f"; exit status {status}")
+    )
     return status
 
 

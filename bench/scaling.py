@@ -9,6 +9,7 @@ the stack is restarted with the configured defaults.
 
 Exit status: 0, 1 if an invariant failed in any run, 2 on a harness error.
 """
+
 import glob
 import json
 import os
@@ -20,14 +21,20 @@ RESULTS = os.path.join(ROOT, ".run", "bench")
 
 
 def restart(env):
-    subprocess.run(["make", "--no-print-directory", "restart"], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["make", "--no-print-directory", "restart"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def bench(env):
     before = set(glob.glob(os.path.join(RESULTS, "bench-*.json")))
-    status = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py")],
-                            cwd=ROOT, env=env).returncode
+    status = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "run.py")], cwd=ROOT, env=env
+    ).returncode
     new = sorted(set(glob.glob(os.path.join(RESULTS, "bench-*.json"))) - before)
     if not new:
         raise SystemExit(f"bench-scaling: bench/run.py saved no results (exit {status})")
@@ -41,16 +48,25 @@ def main():
     runs, worst = {}, 0
     try:
         for n in counts:
-            env = {**os.environ, "PRODUCTS_PROCESSES": str(n), "ORDERS_PROCESSES": str(n),
-                   "BENCH_ONLY": only}
+            env = {
+                **os.environ,
+                "PRODUCTS_PROCESSES": str(n),
+                "ORDERS_PROCESSES": str(n),
+                "BENCH_ONLY": only,
+            }
             print(f"bench-scaling: products x{n}, orders x{n}: restarting the stack", flush=True)
             restart(env)
             runs[n], status = bench(env)
             worst = max(worst, status)
     finally:
         print("bench-scaling: restarting the stack with the configured defaults", flush=True)
-        restart({k: v for k, v in os.environ.items()
-                 if k not in ("PRODUCTS_PROCESSES", "ORDERS_PROCESSES")})
+        restart(
+            {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("PRODUCTS_PROCESSES", "ORDERS_PROCESSES")
+            }
+        )
 
     keys = [row["key"] for row in runs[counts[0]]["rows"]]
     labels = {row["key"]: row["label"] for row in runs[counts[0]]["rows"]}
@@ -71,9 +87,9 @@ def main():
                 invariants.append(f"x{n} {row['invariant']}")
         cells.append("; ".join(invariants) or "-")
         lines.append(cells)
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *lines, strict=True)]
     for cells in [header, ["-" * w for w in widths]] + lines:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |")
     return worst
 
 

@@ -8,6 +8,7 @@ oversell check, 7 a burst of new connections (Python asyncio, not wrk).
 Each scenario takes the run's context (``settings``, ``workdir``, ``api`` and, for the
 catalog scenarios, ``catalog``) and returns a ``bench.report.Row``.
 """
+
 import asyncio
 import math
 import os
@@ -43,8 +44,14 @@ def scenario_by_id(ctx):
     with open(ids_file, "w") as f:
         f.write("\n".join(map(str, ids)) + "\n")
     row = Row("by_id", f"2 GET /api/products/<id> (random of {present:,})")
-    run_wrk(settings, ctx["workdir"], "product_by_id.lua", row, "/api/products/1",
-            {"WRKB_IDS_FILE": ids_file})
+    run_wrk(
+        settings,
+        ctx["workdir"],
+        "product_by_id.lua",
+        row,
+        "/api/products/1",
+        {"WRKB_IDS_FILE": ids_file},
+    )
     row.notes.append(f"ids drawn from a random sample of {len(ids):,} existing products")
     return row
 
@@ -53,7 +60,9 @@ def scenario_list(ctx, key, at_least):
     settings, catalog = ctx["settings"], ctx["catalog"]
     present = catalog.ensure(at_least)
     row = Row(key, f"3 GET /api/products page 1 (>= {short(at_least)}: {present:,})")
-    run_wrk(settings, ctx["workdir"], "get.lua", row, "/api/products", {"WRKB_PATH": "/api/products"})
+    run_wrk(
+        settings, ctx["workdir"], "get.lua", row, "/api/products", {"WRKB_PATH": "/api/products"}
+    )
     return row
 
 
@@ -67,15 +76,23 @@ def scenario_customers(ctx):
 
 def scenario_orders(ctx):
     settings, api = ctx["settings"], ctx["api"]
-    print(f"  creating {settings.order_products} products (stock 100,000,000) and a customer via the API ...")
+    print(
+        f"  creating {settings.order_products} products (stock 100,000,000) and a customer via the API ..."
+    )
     ids = api.create_products(settings.order_products, 100_000_000, "spread")
     customer = api.create_customer("orders-spread")
     ids_file = os.path.join(ctx["workdir"], "order-product-ids.txt")
     with open(ids_file, "w") as f:
         f.write("\n".join(map(str, ids)) + "\n")
     row = Row("orders", f"5 POST /api/orders (1-3 lines over {len(ids)} products)")
-    run_wrk(settings, ctx["workdir"], "create_order.lua", row, "/api/orders",
-            {"WRKB_IDS_FILE": ids_file, "WRKB_CUSTOMER": customer, "WRKB_MAX_LINES": 3})
+    run_wrk(
+        settings,
+        ctx["workdir"],
+        "create_order.lua",
+        row,
+        "/api/orders",
+        {"WRKB_IDS_FILE": ids_file, "WRKB_CUSTOMER": customer, "WRKB_MAX_LINES": 3},
+    )
     return row
 
 
@@ -100,8 +117,14 @@ def scenario_hot(ctx):
     before = api.stock(product)
     print(f"  hot product {product}: stock {before:,}; customer {customer}")
     row = Row("hot", "6 POST /api/orders, 1 hot product x1")
-    data = run_wrk(settings, ctx["workdir"], "create_order.lua", row, "/api/orders",
-                   {"WRKB_PRODUCT": product, "WRKB_CUSTOMER": customer})
+    data = run_wrk(
+        settings,
+        ctx["workdir"],
+        "create_order.lua",
+        row,
+        "/api/orders",
+        {"WRKB_PRODUCT": product, "WRKB_CUSTOMER": customer},
+    )
     after = settled_stock(api, product)
     confirmed = data["statuses"].get("201", 0)
     sold = before - after
@@ -122,9 +145,7 @@ def scenario_hot(ctx):
 
 
 async def burst(settings, count, port):
-    request = (
-        f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
-    ).encode()
+    request = (f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n").encode()
     go = asyncio.Event()
 
     async def one():
@@ -150,7 +171,7 @@ async def burst(settings, count, port):
             return "reset", None
         except ConnectionRefusedError:
             return "refused", None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "timeout (10s)", None
         except OSError as exc:
             return f"OSError {exc.errno}", None

@@ -11,6 +11,7 @@ table printed from it, one /proc CPU snapshot, and ``bench/run.py --help``.
 
 Prints one line per check; exit status 0 when all pass, 1 otherwise.
 """
+
 import contextlib
 import io
 import os
@@ -52,11 +53,25 @@ def environment(**values):
 
 def wrk_json(**overrides):
     data = {
-        "received": 1000, "span_s": 10.5, "threads": 3, "finished": 3, "lost": 0, "non2xx": 0,
-        "latency_us": {"min": 1000, "mean": 50000, "p50": 48000, "p90": 70000, "p95": 80000,
-                       "p99": 95000, "p999": 120000, "max": 130000},
+        "received": 1000,
+        "span_s": 10.5,
+        "threads": 3,
+        "finished": 3,
+        "lost": 0,
+        "non2xx": 0,
+        "latency_us": {
+            "min": 1000,
+            "mean": 50000,
+            "p50": 48000,
+            "p90": 70000,
+            "p95": 80000,
+            "p99": 95000,
+            "p999": 120000,
+            "max": 130000,
+        },
         "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0},
-        "statuses": {"200": 1000}, "per_port": {"8000": 334, "8001": 333, "8002": 333},
+        "statuses": {"200": 1000},
+        "per_port": {"8000": 334, "8001": 333, "8002": 333},
     }
     data.update(overrides)
     return data
@@ -74,35 +89,48 @@ def main():
     for name in STANDALONE:
         result = subprocess.run(
             [sys.executable, "-W", "ignore", "-c", f"import bench.{name}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        check(f"import bench.{name} (child process)", result.returncode == 0,
-              result.stderr.strip()[-300:])
+        check(
+            f"import bench.{name} (child process)",
+            result.returncode == 0,
+            result.stderr.strip()[-300:],
+        )
     if failures:
         return 1
 
     from bench import cpu, report, scenarios, settings, wrk
 
-    check("PLAN runs every scenario of SCENARIOS, in order",
-          tuple(key for key, _ in scenarios.PLAN) == settings.SCENARIOS)
+    check(
+        "PLAN runs every scenario of SCENARIOS, in order",
+        tuple(key for key, _ in scenarios.PLAN) == settings.SCENARIOS,
+    )
     check("NEEDS_CATALOG names scenarios", scenarios.NEEDS_CATALOG <= set(settings.SCENARIOS))
 
     with environment():
         full = settings.Settings()
-    check("no BENCH_PROFILE: full, every scenario, 10 s, 48 connections over 3 threads",
-          (full.profile, full.only, full.duration, full.connections, full.threads)
-          == ("full", list(settings.SCENARIOS), 10.0, 48, 3))
+    check(
+        "no BENCH_PROFILE: full, every scenario, 10 s, 48 connections over 3 threads",
+        (full.profile, full.only, full.duration, full.connections, full.threads)
+        == ("full", list(settings.SCENARIOS), 10.0, 48, 3),
+    )
     with environment(BENCH_PROFILE="quick"):
         quick = settings.Settings()
-    check("BENCH_PROFILE=quick: ceiling, by_id, orders, hot at 5 s",
-          (quick.only, quick.duration) == (["ceiling", "by_id", "orders", "hot"], 5.0),
-          f"{quick.only} {quick.duration}")
+    check(
+        "BENCH_PROFILE=quick: ceiling, by_id, orders, hot at 5 s",
+        (quick.only, quick.duration) == (["ceiling", "by_id", "orders", "hot"], 5.0),
+        f"{quick.only} {quick.duration}",
+    )
     with environment(BENCH_PROFILE="quick", BENCH_ONLY="hot", BENCH_DURATION="3"):
         mixed = settings.Settings()
-    check("explicit BENCH_ONLY / BENCH_DURATION win over the profile",
-          (mixed.only, mixed.duration) == (["hot"], 3.0))
-    for bad in ({"BENCH_PROFILE": "fast"}, {"BENCH_ONLY": "ceiling,nope"},
-                {"BENCH_DURATION": "0"}):
+    check(
+        "explicit BENCH_ONLY / BENCH_DURATION win over the profile",
+        (mixed.only, mixed.duration) == (["hot"], 3.0),
+    )
+    for bad in ({"BENCH_PROFILE": "fast"}, {"BENCH_ONLY": "ceiling,nope"}, {"BENCH_DURATION": "0"}):
         with environment(**bad):
             try:
                 settings.Settings()
@@ -112,54 +140,94 @@ def main():
 
     # The products URI: common/config.py against the old ${VAR:default} regex reading.
     import yaml
+
     from common.config import load_config
 
     def by_regex():
         path = os.environ.get("SHOP_CONFIG", os.path.join(ROOT, "config.yml"))
         with open(path) as f:
-            text = re.sub(r"\$\{(\w+):([^}]*)\}",
-                          lambda m: os.environ.get(m.group(1), m.group(2)), f.read())
+            text = re.sub(
+                r"\$\{(\w+):([^}]*)\}", lambda m: os.environ.get(m.group(1), m.group(2)), f.read()
+            )
         return yaml.safe_load(text)["DB_URIS"]["products:Base"]
 
     with environment(PRODUCTS_DB_URI=None):
         uri = settings.products_db_uri()
-        check("products URI from common.config.load_config",
-              uri == load_config()["DB_URIS"]["products:Base"] == by_regex(), uri)
+        check(
+            "products URI from common.config.load_config",
+            uri == load_config()["DB_URIS"]["products:Base"] == by_regex(),
+            uri,
+        )
     with environment(PRODUCTS_DB_URI="postgresql+psycopg2://x@127.0.0.1:1/y"):
-        check("$PRODUCTS_DB_URI still wins",
-              settings.products_db_uri() == "postgresql+psycopg2://x@127.0.0.1:1/y")
+        check(
+            "$PRODUCTS_DB_URI still wins",
+            settings.products_db_uri() == "postgresql+psycopg2://x@127.0.0.1:1/y",
+        )
 
     # wrk's JSON into a row, the CPU note, and the table.
     row = report.Row("ceiling", "1 ceiling: GET /api/ping (1 RPC)")
     wrk.fill_row(row, wrk_json(), full)
-    check("fill_row: req/s over the load phase stretched by the drain",
-          abs(row.rps - 1000 / 10.5) < 1e-9 and (row.p50, row.p95, row.p99) == (48.0, 80.0, 95.0)
-          and row.errors == 0, f"{row.rps:.2f} req/s")
+    check(
+        "fill_row: req/s over the load phase stretched by the drain",
+        abs(row.rps - 1000 / 10.5) < 1e-9
+        and (row.p50, row.p95, row.p99) == (48.0, 80.0, 95.0)
+        and row.errors == 0,
+        f"{row.rps:.2f} req/s",
+    )
     other = report.Row("hot", "6 POST /api/orders, 1 hot product x1")
-    wrk.fill_row(other, wrk_json(received=500, lost=2, non2xx=3,
-                                 errors={"connect": 0, "read": 1, "write": 0, "timeout": 1}), full)
-    check("fill_row: errors = non-2xx + timeouts + max(socket errors, lost)", other.errors == 6,
-          str(other.errors))
-    note = cpu.cpu_note({"components": {"gateway": 2.0, "products": 1.0, "other": 0.1},
-                         "busy": 4.0, "total": 20.0}, 1000)
-    check("cpu_note", note == "CPU ms per answer: gateway 2.00, products 1.00; machine busy 20%, "
-          "of which processes outside the stack and the bench 0%", note)
+    wrk.fill_row(
+        other,
+        wrk_json(
+            received=500,
+            lost=2,
+            non2xx=3,
+            errors={"connect": 0, "read": 1, "write": 0, "timeout": 1},
+        ),
+        full,
+    )
+    check(
+        "fill_row: errors = non-2xx + timeouts + max(socket errors, lost)",
+        other.errors == 6,
+        str(other.errors),
+    )
+    note = cpu.cpu_note(
+        {"components": {"gateway": 2.0, "products": 1.0, "other": 0.1}, "busy": 4.0, "total": 20.0},
+        1000,
+    )
+    check(
+        "cpu_note",
+        note == "CPU ms per answer: gateway 2.00, products 1.00; machine busy 20%, "
+        "of which processes outside the stack and the bench 0%",
+        note,
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         report.print_table([row, other], row.rps)
     lines = out.getvalue().splitlines()
-    check("print_table: header, rule, one line a row, ratio to the ceiling",
-          len(lines) == 4 and lines[0].startswith("| scenario") and "|      1.00 |" in lines[2]
-          and "|      0.50 |" in lines[3], "\n" + out.getvalue().rstrip())
+    check(
+        "print_table: header, rule, one line a row, ratio to the ceiling",
+        len(lines) == 4
+        and lines[0].startswith("| scenario")
+        and "|      1.00 |" in lines[2]
+        and "|      0.50 |" in lines[3],
+        "\n" + out.getvalue().rstrip(),
+    )
 
     snapshot = cpu.cpu_snapshot()
-    check("cpu_snapshot reads /proc", snapshot["pids"] and snapshot["total"] > 0,
-          f"{len(snapshot['pids'])} processes")
-    check("cpu: this process is the bench",
-          snapshot["pids"][os.getpid()][0] == "bench")
+    check(
+        "cpu_snapshot reads /proc",
+        snapshot["pids"] and snapshot["total"] > 0,
+        f"{len(snapshot['pids'])} processes",
+    )
+    check("cpu: this process is the bench", snapshot["pids"][os.getpid()][0] == "bench")
 
-    help_run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "run.py"), "--help"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    help_run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     check("bench/run.py --help", help_run.returncode == 0 and "BENCH_PROFILE" in help_run.stdout)
 
     print(f"\nbench self-check: {len(failures)} failed" + (f": {failures}" if failures else ""))

@@ -9,6 +9,7 @@ Profiles (``BENCH_PROFILE``) only change defaults; an explicit ``BENCH_ONLY`` or
 * ``quick``: ceiling, product read by id, orders (spread) and hot product, 5 s each: under
   a minute on a 2-CPU machine once the 1,000-product catalog exists.
 """
+
 import os
 import random
 import re
@@ -51,7 +52,9 @@ class Settings:
             )
         defaults = PROFILES[self.profile]
         self.duration = env_number("BENCH_DURATION", defaults["duration"])
-        self.ports = [int(p) for p in re.findall(r"\d+", os.environ.get("BENCH_PORTS", "8000,8001,8002"))]
+        self.ports = [
+            int(p) for p in re.findall(r"\d+", os.environ.get("BENCH_PORTS", "8000,8001,8002"))
+        ]
         if not self.ports:
             raise HarnessError("BENCH_PORTS names no port")
         self.threads = env_number("BENCH_THREADS", len(self.ports), int)
@@ -64,10 +67,14 @@ class Settings:
         self.burst = env_number("BENCH_BURST", 500, int)
         self.pause = float(os.environ.get("BENCH_PAUSE", "1") or 0)
         only = os.environ.get("BENCH_ONLY", "").strip()
-        self.only = [s.strip() for s in only.split(",") if s.strip()] if only else list(defaults["only"])
+        self.only = (
+            [s.strip() for s in only.split(",") if s.strip()] if only else list(defaults["only"])
+        )
         unknown = set(self.only) - set(SCENARIOS)
         if unknown:
-            raise HarnessError(f"BENCH_ONLY: unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+            raise HarnessError(
+                f"BENCH_ONLY: unknown scenarios {sorted(unknown)}; known: {SCENARIOS}"
+            )
         self.threads = min(self.threads, self.connections_asked)
         # wrk gives every thread connections // threads connections.
         self.connections = (self.connections_asked // self.threads) * self.threads

@@ -13,6 +13,7 @@ requests between the stacks (``SIDE_SCENARIO``: orders, ping, product or custome
 /proc) is read before and after. Prints the CPU milliseconds per answer of each service of
 each stack. RabbitMQ and PostgreSQL are shared and not attributed.
 """
+
 import os
 import sys
 import threading
@@ -41,7 +42,7 @@ def stack_processes(checkout):
                 command = stream.read().decode(errors="replace")
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) != supervisord:
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) != supervisord:
             continue
         service = next((s for s in SERVICES if f"{s}.service" in command), None)
         if service:
@@ -60,24 +61,43 @@ def cpu_seconds(processes):
 
 def prepare(name, url):
     """A customer and 20 products with plenty of stock on the stack at ``url``."""
-    customer = requests.post(f"{url}/api/customers", headers=JSON, timeout=30, json={
-        "name": "side", "email": f"side-{name}-{time.time()}@example.com"}).json()["id"]
-    products = [requests.post(f"{url}/api/products", headers=JSON, timeout=30, json={
-        "name": "p", "price": "1", "stock": 10**6}).json()["id"] for _ in range(20)]
+    customer = requests.post(
+        f"{url}/api/customers",
+        headers=JSON,
+        timeout=30,
+        json={"name": "side", "email": f"side-{name}-{time.time()}@example.com"},
+    ).json()["id"]
+    products = [
+        requests.post(
+            f"{url}/api/products",
+            headers=JSON,
+            timeout=30,
+            json={"name": "p", "price": "1", "stock": 10**6},
+        ).json()["id"]
+        for _ in range(20)
+    ]
     return customer, products
 
 
 def request(session, scenario, url, customer, products, tag):
     if scenario == "orders":
-        return session.post(f"{url}/api/orders", headers=JSON, timeout=30, json={
-            "customer_id": customer, "products": [{"id": products[tag % 20], "quantity": 1}]})
+        return session.post(
+            f"{url}/api/orders",
+            headers=JSON,
+            timeout=30,
+            json={"customer_id": customer, "products": [{"id": products[tag % 20], "quantity": 1}]},
+        )
     if scenario == "ping":
         return session.get(f"{url}/api/ping", timeout=30)
     if scenario == "product":
         return session.get(f"{url}/api/products/{products[tag % 20]}", timeout=30)
     if scenario == "customer":
-        return session.post(f"{url}/api/customers", headers=JSON, timeout=30, json={
-            "name": "x", "email": f"side-{tag}-{time.time()}@example.com"})
+        return session.post(
+            f"{url}/api/customers",
+            headers=JSON,
+            timeout=30,
+            json={"name": "x", "email": f"side-{tag}-{time.time()}@example.com"},
+        )
     raise SystemExit(f"unknown SIDE_SCENARIO {scenario!r}")
 
 
@@ -115,10 +135,14 @@ def main(argv):
     print(f"{scenario}: {time.monotonic() - started:.0f} s, answered {answered}")
     for name, stack in stacks.items():
         after = cpu_seconds(stack[3])
-        per_answer = {s: 1000 * (after[s] - before[name][s]) / max(answered[name], 1)
-                      for s in SERVICES}
-        print(f"  {name}: " + ", ".join(f"{s} {ms:.2f}" for s, ms in per_answer.items())
-              + f"; all {sum(per_answer.values()):.2f} CPU ms per answer")
+        per_answer = {
+            s: 1000 * (after[s] - before[name][s]) / max(answered[name], 1) for s in SERVICES
+        }
+        print(
+            f"  {name}: "
+            + ", ".join(f"{s} {ms:.2f}" for s, ms in per_answer.items())
+            + f"; all {sum(per_answer.values()):.2f} CPU ms per answer"
+        )
 
 
 if __name__ == "__main__":

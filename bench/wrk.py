@@ -4,6 +4,7 @@ drain until every thread has its answers (SIGINT once all are done), the CPU acc
 around it (``bench.cpu``), and wrk's ``BENCH_JSON`` line turned into a row's figures and
 notes.
 """
+
 import json
 import math
 import os
@@ -28,28 +29,40 @@ def run_wrk(settings, workdir, script, row, path="/", env_extra=None):
     """One wrk run: load for BENCH_DURATION, then drain; fills ``row``; returns wrk's JSON."""
     mark_dir = tempfile.mkdtemp(prefix="marks-", dir=workdir)
     env = dict(os.environ)
-    env.update({
-        "WRKB_LUA_DIR": LUA_DIR,
-        "WRKB_HOST": HOST,
-        "WRKB_PORTS": ",".join(str(p) for p in settings.ports),
-        "WRKB_DURATION": str(settings.duration),
-        "WRKB_MARK_DIR": mark_dir,
-        "WRKB_TAG": settings.tag,
-        "WRKB_CONNECTIONS_PER_THREAD": str(settings.connections // settings.threads),
-    })
+    env.update(
+        {
+            "WRKB_LUA_DIR": LUA_DIR,
+            "WRKB_HOST": HOST,
+            "WRKB_PORTS": ",".join(str(p) for p in settings.ports),
+            "WRKB_DURATION": str(settings.duration),
+            "WRKB_MARK_DIR": mark_dir,
+            "WRKB_TAG": settings.tag,
+            "WRKB_CONNECTIONS_PER_THREAD": str(settings.connections // settings.threads),
+        }
+    )
     env.update({k: str(v) for k, v in (env_extra or {}).items()})
     # wrk's own bound: load + drain + slack. It stops by itself then, whatever happens.
     bound = math.ceil(settings.duration + settings.drain + 2)
     cmd = [
-        "wrk", "-t", str(settings.threads), "-c", str(settings.connections), "-d", f"{bound}s",
-        "--timeout", f"{settings.timeout}s", "-s", os.path.join(LUA_DIR, script),
+        "wrk",
+        "-t",
+        str(settings.threads),
+        "-c",
+        str(settings.connections),
+        "-d",
+        f"{bound}s",
+        "--timeout",
+        f"{settings.timeout}s",
+        "-s",
+        os.path.join(LUA_DIR, script),
         settings.url(path),
     ]
     started = time.monotonic()
     cpu_before = cpu_snapshot()
     children_before = children_cpu()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
     interrupted = False
     try:
         while proc.poll() is None:
@@ -70,7 +83,7 @@ def run_wrk(settings, workdir, script, row, path="/", env_extra=None):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    line = next((l for l in stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    line = next((out for out in stdout.splitlines() if out.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise HarnessError(
             f"wrk ({' '.join(cmd)}) exited {proc.returncode} without results:\n"
@@ -78,7 +91,7 @@ def run_wrk(settings, workdir, script, row, path="/", env_extra=None):
         )
     if stderr.strip():
         row.notes.append(f"wrk stderr: {stderr.strip()[:300]}")
-    data = json.loads(line[len("BENCH_JSON "):])
+    data = json.loads(line[len("BENCH_JSON ") :])
     data["wall_s"] = time.monotonic() - started
     data["cpu"] = cpu
     fill_row(row, data, settings)
@@ -87,7 +100,8 @@ def run_wrk(settings, workdir, script, row, path="/", env_extra=None):
         row.disturbed = True
         row.notes.append(
             "DISTURBED: these processes stopped or restarted during the run: "
-            + ", ".join(stopped) + " (see `make ps`, .run/logs, the broker's and database's logs)"
+            + ", ".join(stopped)
+            + " (see `make ps`, .run/logs, the broker's and database's logs)"
         )
     return data
 

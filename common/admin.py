@@ -1,4 +1,5 @@
 """Database administration shared by `make setup`/`make migrate` and the test suite."""
+
 import os
 
 from alembic import command
@@ -70,8 +71,11 @@ def ensure_owner(uri, admin_uri):
     try:
         with engine.connect() as conn:
             found = conn.execute(
-                text("SELECT rolsuper, rolcanlogin AND NOT rolcreatedb AND NOT rolcreaterole "
-                     "FROM pg_roles WHERE rolname = :r"), {"r": role}
+                text(
+                    "SELECT rolsuper, rolcanlogin AND NOT rolcreatedb AND NOT rolcreaterole "
+                    "FROM pg_roles WHERE rolname = :r"
+                ),
+                {"r": role},
             ).first()
             if found and found[0]:  # a URI still naming the superuser: nothing to narrow down
                 return _create_only(conn, name, role)
@@ -93,7 +97,9 @@ def ensure_owner(uri, admin_uri):
             if not created:
                 conn.execute(text(f"ALTER DATABASE {_ident(name)} OWNER TO {_ident(role)}"))
             conn.execute(text(f"REVOKE CONNECT, TEMPORARY ON DATABASE {_ident(name)} FROM PUBLIC"))
-            conn.execute(text(f"GRANT CONNECT, TEMPORARY ON DATABASE {_ident(name)} TO {_ident(role)}"))
+            conn.execute(
+                text(f"GRANT CONNECT, TEMPORARY ON DATABASE {_ident(name)} TO {_ident(role)}")
+            )
     finally:
         engine.dispose()
     if not created:
@@ -112,8 +118,11 @@ def _reown_objects(admin_uri, name, role):
     """Every table, view, sequence and type of the public schema of database ``name``
     owned by ``role`` (REASSIGN OWNED BY postgres would also try the system's objects).
     Tables first: a sequence owned by a column follows its table."""
-    engine = create_engine(make_url(admin_uri).set(database=name),
-                           isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+    engine = create_engine(
+        make_url(admin_uri).set(database=name),
+        isolation_level="AUTOCOMMIT",
+        poolclass=pool.NullPool,
+    )
     relations = text(
         "SELECT c.relkind, quote_ident(c.relname) FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -124,13 +133,19 @@ def _reown_objects(admin_uri, name, role):
         with engine.connect() as conn:
             for kinds in (["r", "p"], ["v", "m", "S"]):
                 for kind, rel in conn.execute(relations, {"kinds": kinds, "role": role}).all():
-                    what = {"v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}.get(kind, "TABLE")
+                    what = {"v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}.get(
+                        kind, "TABLE"
+                    )
                     conn.execute(text(f"ALTER {what} public.{rel} OWNER TO {_ident(role)}"))
-            types = conn.scalars(text(
-                "SELECT quote_ident(t.typname) FROM pg_type t "
-                "JOIN pg_namespace n ON n.oid = t.typnamespace "
-                "WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') "
-                "AND pg_get_userbyid(t.typowner) <> :role"), {"role": role}).all()
+            types = conn.scalars(
+                text(
+                    "SELECT quote_ident(t.typname) FROM pg_type t "
+                    "JOIN pg_namespace n ON n.oid = t.typnamespace "
+                    "WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd') "
+                    "AND pg_get_userbyid(t.typowner) <> :role"
+                ),
+                {"role": role},
+            ).all()
             for typ in types:
                 conn.execute(text(f"ALTER TYPE public.{typ} OWNER TO {_ident(role)}"))
     finally:

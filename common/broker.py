@@ -18,8 +18,8 @@ The watch never delays its container: connecting is bounded, stopping closes the
 without a handshake, and a broken connection is replaced (with the URIs of
 ``AMQP_URI``, ``;``-separated alternates included, through kombu).
 """
+
 import logging
-import socket
 
 import eventlet
 from amqp import Message
@@ -85,8 +85,7 @@ class BrokerWatch(SharedExtension):
             self.container.config[AMQP_URI_CONFIG_KEY],
             connect_timeout=CONNECT_TIMEOUT,
             heartbeat=0,  # it reads every PROBE_INTERVAL: a dead socket shows up anyway
-            transport_options={"on_blocked": self._on_blocked,
-                               "on_unblocked": self._on_unblocked},
+            transport_options={"on_blocked": self._on_blocked, "on_unblocked": self._on_unblocked},
         )
         self._connection.ensure_connection(max_retries=1)
         channel = self._connection.default_channel
@@ -97,7 +96,7 @@ class BrokerWatch(SharedExtension):
                 channel.basic_publish(probe, exchange="", routing_key=PROBE_ROUTING_KEY)
             try:
                 self._connection.drain_events(timeout=PROBE_INTERVAL)
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     def _close(self):

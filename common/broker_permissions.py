@@ -41,6 +41,7 @@ docker-compose one-shot ``rabbitmq-setup`` does (``scripts/manage.py broker-user
 deploy/k8s/overlays/operators/rabbitmq-topology.yaml holds them for the Topology Operator
 (tests/test_k8s.py compares).
 """
+
 import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -94,8 +95,9 @@ class ManagementError(RuntimeError):
     """The management API refused a call (``status``: its HTTP status)."""
 
     def __init__(self, method, url, response):
-        super().__init__(f"RabbitMQ management API: {method} {url}: "
-                         f"{response.status_code} {response.text[:300]}")
+        super().__init__(
+            f"RabbitMQ management API: {method} {url}: {response.status_code} {response.text[:300]}"
+        )
         self.status = response.status_code
 
 
@@ -118,13 +120,26 @@ def apply(management_uri, vhost, user, password, default_queue_type=None, timeou
         session.auth = auth
         # RabbitMQ 3.x reads "defaultqueuetype" (what its UI sends), later versions also
         # "default_queue_type"; a key it does not know is ignored.
-        vhost_body = ({"defaultqueuetype": default_queue_type,
-                       "default_queue_type": default_queue_type} if default_queue_type else {})
+        vhost_body = (
+            {"defaultqueuetype": default_queue_type, "default_queue_type": default_queue_type}
+            if default_queue_type
+            else {}
+        )
         _call(session, "PUT", f"{base}/api/vhosts/{quoted_vhost}", timeout, json=vhost_body)
-        _call(session, "PUT", f"{base}/api/users/{quoted_user}", timeout,
-              json={"password": password, "tags": ""})
-        _call(session, "PUT", f"{base}/api/permissions/{quoted_vhost}/{quoted_user}", timeout,
-              json=PERMISSIONS)
+        _call(
+            session,
+            "PUT",
+            f"{base}/api/users/{quoted_user}",
+            timeout,
+            json={"password": password, "tags": ""},
+        )
+        _call(
+            session,
+            "PUT",
+            f"{base}/api/permissions/{quoted_vhost}/{quoted_user}",
+            timeout,
+            json=PERMISSIONS,
+        )
 
 
 def remove(management_uri, vhost=None, user=None, timeout=TIMEOUT):
@@ -134,8 +149,9 @@ def remove(management_uri, vhost=None, user=None, timeout=TIMEOUT):
         session.auth = auth
         for kind, name in (("users", user), ("vhosts", vhost)):
             if name is not None:
-                response = session.delete(f"{base}/api/{kind}/{quote(name, safe='')}",
-                                          timeout=timeout)
+                response = session.delete(
+                    f"{base}/api/{kind}/{quote(name, safe='')}", timeout=timeout
+                )
                 if response.status_code not in (204, 404):
                     raise ManagementError("DELETE", response.url, response)
 

@@ -3,6 +3,7 @@
 Uses nameko's own YAML loader, so ``${VAR:default}`` substitution behaves exactly as it
 does for the running services.
 """
+
 import os
 
 import yaml

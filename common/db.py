@@ -28,6 +28,7 @@ even if the URI names a primary by mistake), and ``db.read(query, complete)`` ro
 read there with the primary as the fallback (:mod:`common.replica`). ``db.reading()``,
 ``db.session`` and ``db.get_session()`` always use the primary.
 """
+
 import logging
 import time
 from contextlib import contextmanager
@@ -107,7 +108,8 @@ def bound_connect(engine, seconds):
     @event.listens_for(engine, "do_connect")
     def connect_within(dialect, record, cargs, cparams):
         error = dialect.loaded_dbapi.OperationalError(
-            f"no connection to PostgreSQL within {seconds:g}s")
+            f"no connection to PostgreSQL within {seconds:g}s"
+        )
         with eventlet.Timeout(seconds, error):
             return dialect.connect(*cargs, **cparams)
 
@@ -202,7 +204,8 @@ class Database(NamekoDatabase):
     ``DB_REPLICA_RETRY_SECONDS`` after a failure; ``self.reads`` routes (and counts)
     ``db.read()``s either way (:class:`common.replica.ReplicaReads`)."""
 
-    reads = None
+    reads: ReplicaReads | None = None
+    engine_options: dict  # set by nameko-sqlalchemy (untyped), extended in setup()
 
     def setup(self):
         config = self.container.config
@@ -212,8 +215,9 @@ class Database(NamekoDatabase):
         idle = settings.db_ping_idle_seconds
         ping_when_idle(self.engine, idle)
         connect_args = self.engine_options.get("connect_args", {})
-        bound_connect(self.engine,
-                      float(connect_args.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)))
+        bound_connect(
+            self.engine, float(connect_args.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+        )
         service = self.container.service_name
         watch_pool(service, self.engine)
         provider = provider_for(config, service)
@@ -228,7 +232,9 @@ class Database(NamekoDatabase):
             if records_spans(provider):
                 trace_statements(engine, provider, service)
         self.reads = ReplicaReads(
-            engine, service, autocommit_session,
+            engine,
+            service,
+            autocommit_session,
             timeout=settings.db_replica_timeout_ms / 1000,
             retry_seconds=settings.db_replica_retry_seconds,
         )
@@ -260,8 +266,10 @@ class Database(NamekoDatabase):
         try:
             super().worker_teardown(worker_ctx)
         except SQLAlchemyError as exc:
-            log.warning("discarded a worker's database session that PostgreSQL had closed: %s",
-                        " ".join(str(getattr(exc, "orig", exc)).split())[:200])
+            log.warning(
+                "discarded a worker's database session that PostgreSQL had closed: %s",
+                " ".join(str(getattr(exc, "orig", exc)).split())[:200],
+            )
 
 
 def is_valid_id(value):

@@ -23,6 +23,7 @@ JSON string and are decoded again in ``__init__``.
 What is stored (orders' ``failure``) names an error by its code, never by its class
 path: :func:`error_class` maps a code back to its class.
 """
+
 import json
 
 from nameko.exceptions import deserialize_to_instance, registry
@@ -209,7 +210,8 @@ class OrderFailed(Conflict):
 
 def _contract_classes():
     return [
-        value for value in globals().values()
+        value
+        for value in globals().values()
         if isinstance(value, type) and issubclass(value, ShopError) and value is not ShopError
     ]
 

@@ -4,6 +4,7 @@ A service stores the key with the resource it created (unique column), together 
 fingerprint of the validated request. A replay with the same key and the same
 fingerprint returns the stored resource; the same key with a different request is a 422.
 """
+
 import hashlib
 import json
 import re
@@ -12,8 +13,12 @@ import re
 from common.errors import IdempotencyKeyReused, InvalidIdempotencyKey
 
 __all__ = [
-    "IdempotencyKeyReused", "InvalidIdempotencyKey", "KEY_PATTERN", "checked_key",
-    "ensure_same_request", "fingerprint",
+    "IdempotencyKeyReused",
+    "InvalidIdempotencyKey",
+    "KEY_PATTERN",
+    "checked_key",
+    "ensure_same_request",
+    "fingerprint",
 ]
 
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces (fullmatch)

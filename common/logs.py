@@ -13,6 +13,7 @@
 * The request id comes from the gateway (``X-Request-ID``, or one it makes) and travels in
   Nameko's context data, so every service sees the same id for one HTTP request.
 """
+
 import json
 import logging
 import time
@@ -59,7 +60,7 @@ class JsonFormatter(logging.Formatter):
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # UTC times; a C function, not a method
 
 
 class WorkerLog(DependencyProvider):

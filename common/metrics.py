@@ -47,6 +47,7 @@ line carries):
 Each shop counter counts a committed change once: a replayed or redelivered call that
 changes nothing counts as a replay, not again.
 """
+
 import functools
 import time
 
@@ -55,12 +56,17 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, disable_created_metrics,
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
     generate_latest,
 )
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from common.errors import outcome_of
 
@@ -70,57 +76,77 @@ disable_created_metrics()  # no *_created series: half the scrape, nothing a que
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 
 ENTRYPOINT_CALLS = Counter(
-    "shop_entrypoint_calls", "Workers run, by entrypoint and outcome.",
+    "shop_entrypoint_calls",
+    "Workers run, by entrypoint and outcome.",
     ["service", "entrypoint", "kind", "outcome"],
 )
 ENTRYPOINT_DURATION = Histogram(
-    "shop_entrypoint_duration_seconds", "Time a worker took, from setup to result.",
-    ["service", "entrypoint", "kind"], buckets=LATENCY_BUCKETS,
+    "shop_entrypoint_duration_seconds",
+    "Time a worker took, from setup to result.",
+    ["service", "entrypoint", "kind"],
+    buckets=LATENCY_BUCKETS,
 )
 WORKERS_IN_FLIGHT = Gauge("shop_workers_in_flight", "Workers running now.", ["service"])
 WORKERS_MAX = Gauge("shop_workers_max", "The container's max_workers.", ["service"])
 
 RPC_CLIENT_CALLS = Counter(
-    "shop_rpc_client_calls", "RPCs made by this process, by target and outcome.",
+    "shop_rpc_client_calls",
+    "RPCs made by this process, by target and outcome.",
     ["service", "target", "method", "outcome"],
 )
 RPC_CLIENT_DURATION = Histogram(
-    "shop_rpc_client_duration_seconds", "Time an RPC made by this process took, bounded.",
-    ["service", "target", "method"], buckets=LATENCY_BUCKETS,
+    "shop_rpc_client_duration_seconds",
+    "Time an RPC made by this process took, bounded.",
+    ["service", "target", "method"],
+    buckets=LATENCY_BUCKETS,
 )
 HTTP_RESPONSES = Counter(
-    "shop_http_responses", "Answers of a gateway, by route and status.", ["route", "status"],
+    "shop_http_responses",
+    "Answers of a gateway, by route and status.",
+    ["route", "status"],
 )
 
 DB_POOL_CONNECTIONS = Gauge(
-    "shop_db_pool_connections", "Database pool connections (checked_out, size).",
+    "shop_db_pool_connections",
+    "Database pool connections (checked_out, size).",
     ["service", "state"],
 )
 DB_ERRORS = Counter(
-    "shop_db_errors", "Database errors seen by the driver, by reason.", ["service", "reason"],
+    "shop_db_errors",
+    "Database errors seen by the driver, by reason.",
+    ["service", "reason"],
 )
 DB_READS = Counter(
-    "shop_db_reads", "Reads a read replica may serve, by where they were answered.",
+    "shop_db_reads",
+    "Reads a read replica may serve, by where they were answered.",
     ["service", "source"],
 )
 DB_REPLICA_UP = Gauge(
-    "shop_db_replica_up", "1 while reads go to the read replica, 0 while it rests after a "
-    "failure.", ["service"],
+    "shop_db_replica_up",
+    "1 while reads go to the read replica, 0 while it rests after a failure.",
+    ["service"],
 )
 
 ORDERS = Counter("shop_orders", "Orders that reached a final status.", ["status", "reason"])
 STOCK_UNITS_RESERVED = Counter("shop_stock_units_reserved", "Units of stock reserved.")
 STOCK_UNITS_RELEASED = Counter(
-    "shop_stock_units_released", "Units of stock given back, by cause.", ["cause"],
+    "shop_stock_units_released",
+    "Units of stock given back, by cause.",
+    ["cause"],
 )
 IDEMPOTENT_REPLAYS = Counter(
-    "shop_idempotent_replays", "Calls answered with a stored outcome (same key).", ["service"],
+    "shop_idempotent_replays",
+    "Calls answered with a stored outcome (same key).",
+    ["service"],
 )
 ORDERS_RECOVERED = Counter(
-    "shop_orders_recovered", "Pending orders resolved by recovery, by final status.", ["status"],
+    "shop_orders_recovered",
+    "Pending orders resolved by recovery, by final status.",
+    ["status"],
 )
 HOLDS_RELEASED = Counter(
-    "shop_reconciler_holds_released", "Stock holds given back by the reconciler.",
+    "shop_reconciler_holds_released",
+    "Stock holds given back by the reconciler.",
 )
 CUSTOMERS_CREATED = Counter("shop_customers_created", "Customers created.")
 
@@ -134,8 +160,12 @@ PGCODE_REASONS = {
 
 def entrypoint_kind(entrypoint):
     """``rpc``, ``http``, ``event``, ``timer`` or ``other``."""
-    for cls, kind in ((Rpc, "rpc"), (HttpRequestHandler, "http"), (EventHandler, "event"),
-                      (Timer, "timer")):
+    for cls, kind in (
+        (Rpc, "rpc"),
+        (HttpRequestHandler, "http"),
+        (EventHandler, "event"),
+        (Timer, "timer"),
+    ):
         if isinstance(entrypoint, cls):
             return kind
     return "other"
@@ -146,11 +176,12 @@ def db_error_reason(exc):
     not a failure (a unique violation is how an idempotent replay finds its first
     outcome; a check violation is a refused write)."""
     original = getattr(exc, "orig", None) or exc
-    reason = PGCODE_REASONS.get(getattr(original, "pgcode", None))
+    reason = PGCODE_REASONS.get(getattr(original, "pgcode", None) or "")
     if reason:
         return reason
     if getattr(exc, "connection_invalidated", False) or type(original).__name__ in (
-        "OperationalError", "InterfaceError",
+        "OperationalError",
+        "InterfaceError",
     ):
         return "connection"
     return None

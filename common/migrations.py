@@ -3,6 +3,7 @@
 The database URL is, in order: ``sqlalchemy.url`` set on the Alembic config (tests do
 this), else the service's entry in config.yml's ``DB_URIS`` (environment substituted).
 """
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 

@@ -16,6 +16,7 @@ process whose workers are all busy (or stuck on a lock) still answers its probe 
 scrape. Under `make up` every process gets a port of its own (scripts/supervisor.py,
 ``OPS_HTTP_PORTS``); anything else is a JSON 404 or 405.
 """
+
 import json
 import logging
 
@@ -42,8 +43,10 @@ def parse_address(address):
 
 def _json(start_response, status, body, headers=()):
     payload = json.dumps(body, separators=(",", ":")).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(payload))), *headers])
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *headers],
+    )
     return [payload]
 
 
@@ -51,12 +54,22 @@ def route(routes, environ, start_response):
     """Answer with ``routes[path](start_response)``; JSON 404 / 405 otherwise."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
     if path not in routes:
-        return _json(start_response, "404 Not Found",
-                     {"error": "not_found", "message": f"no route for {path}", "details": {}})
+        return _json(
+            start_response,
+            "404 Not Found",
+            {"error": "not_found", "message": f"no route for {path}", "details": {}},
+        )
     if method not in ("GET", "HEAD"):
-        return _json(start_response, "405 Method Not Allowed",
-                     {"error": "method_not_allowed", "message": f"{method} is not allowed here",
-                      "details": {"allowed": ["GET", "HEAD"]}}, [("Allow", "GET, HEAD")])
+        return _json(
+            start_response,
+            "405 Method Not Allowed",
+            {
+                "error": "method_not_allowed",
+                "message": f"{method} is not allowed here",
+                "details": {"allowed": ["GET", "HEAD"]},
+            },
+            [("Allow", "GET, HEAD")],
+        )
     return routes[path](start_response)
 
 
@@ -111,8 +124,11 @@ class OpsHttp(DependencyProvider):
         except ShopError as exc:
             return {"status": exc.error, "message": exc.message, "reason": "database"}
         except Exception as exc:  # noqa: BLE001 - e.g. no pooled connection free in time
-            return {"status": "service_unavailable", "message": type(exc).__name__,
-                    "reason": "database"}
+            return {
+                "status": "service_unavailable",
+                "message": type(exc).__name__,
+                "reason": "database",
+            }
         finally:
             db.close()
 
@@ -121,8 +137,13 @@ class OpsHttp(DependencyProvider):
             return
         self.sock = eventlet.listen(self.address, backlog=128)
         self.server_thread = eventlet.spawn(
-            wsgi.server, self.sock, self.app, log=log, log_output=False,
-            socket_timeout=SOCKET_TIMEOUT, debug=False,
+            wsgi.server,
+            self.sock,
+            self.app,
+            log=log,
+            log_output=False,
+            socket_timeout=SOCKET_TIMEOUT,
+            debug=False,
         )
 
     def stop(self):

@@ -7,6 +7,7 @@ the page number, unlike OFFSET.
 A page can also be cut by a budget (:func:`budget_page`): the orders list counts lines, so
 what one request makes a process load, hold and serialize is bounded whatever ``limit``.
 """
+
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
@@ -40,10 +41,7 @@ def page_params(config, limit=None, after=None):
 def keyset_page(session, model, limit, after, *criteria):
     """``(rows, next_after)`` for one page of ``model`` filtered by ``criteria``."""
     rows = session.scalars(
-        select(model)
-        .where(model.id > after, *criteria)
-        .order_by(model.id)
-        .limit(limit + 1)
+        select(model).where(model.id > after, *criteria).order_by(model.id).limit(limit + 1)
     ).all()
     if len(rows) > limit:
         return rows[:limit], rows[limit - 1].id
@@ -58,7 +56,7 @@ def budget_page(weighted, limit, budget):
     The first row is always kept, whatever its weight, so a page is never empty while
     rows remain. ``next_after`` is the last kept id when any candidate was left out (by
     the limit or by the budget), else ``None``: the next page starts right after it."""
-    kept = [row_id for row_id, _ in weighted[:_fitting(weighted, limit, budget)]]
+    kept = [row_id for row_id, _ in weighted[: _fitting(weighted, limit, budget)]]
     return kept, kept[-1] if len(kept) < len(weighted) else None
 
 

@@ -9,6 +9,7 @@ module).
 No import here but the standard library: scripts, the bench and the tests read it
 without loading nameko.
 """
+
 SERVICES = ("customers", "products", "orders")
 GATEWAY = "gateway"
 PROCESS_KINDS = (GATEWAY, *SERVICES)

@@ -28,6 +28,7 @@ Each process counts where its reads went, ``shop_db_reads_total{service,source}`
 ``fallback_error``), and shows the breaker as ``shop_db_replica_up{service}`` (1: reads go
 to the replica, 0: it rests). The breaker opening and closing is logged once each.
 """
+
 import logging
 import threading
 import time
@@ -117,8 +118,15 @@ class ReplicaReads:
     ``open_session(engine)`` is a context manager giving an autocommit session on an
     engine (:func:`common.db.autocommit_session`)."""
 
-    def __init__(self, engine, service, open_session, timeout=DEFAULT_TIMEOUT_MS / 1000,
-                 retry_seconds=DEFAULT_RETRY_SECONDS, clock=time.monotonic):
+    def __init__(
+        self,
+        engine,
+        service,
+        open_session,
+        timeout=DEFAULT_TIMEOUT_MS / 1000,
+        retry_seconds=DEFAULT_RETRY_SECONDS,
+        clock=time.monotonic,
+    ):
         self.engine = engine
         self.service = service
         self.open_session = open_session
@@ -175,8 +183,13 @@ class ReplicaReads:
     def _failed(self, reason):
         if self.breaker.failed():
             self.up.set(0)
-            log.warning("%s: the read replica failed (%s); reads go to the primary, the "
-                        "replica is tried again in %gs", self.service, reason, self.breaker.rest)
+            log.warning(
+                "%s: the read replica failed (%s); reads go to the primary, the "
+                "replica is tried again in %gs",
+                self.service,
+                reason,
+                self.breaker.rest,
+            )
 
     def dispose(self):
         if self.engine is not None:

@@ -21,6 +21,7 @@ waits for the broker's confirm, and kombu's cleanup of its channel then waits to
 long as the alarm lasts; that thread finishes by itself once the alarm clears (its
 message may then still be delivered: a 504 never says the call did not happen).
 """
+
 import logging
 import sys
 import time
@@ -28,19 +29,38 @@ from functools import partial
 
 import eventlet
 from amqp.exceptions import AMQPError
-from kombu.exceptions import EncodeError, OperationalError as KombuOperationalError
+from kombu.exceptions import EncodeError
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.serialization import registry
 from nameko.amqp.publish import Publisher
 from nameko.constants import (
-    AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, DEFAULT_SERIALIZER, LOGIN_METHOD_CONFIG_KEY,
-    NON_PERSISTENT, SERIALIZER_CONFIG_KEY,
+    AMQP_SSL_CONFIG_KEY,
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_SERIALIZER,
+    LOGIN_METHOD_CONFIG_KEY,
+    NON_PERSISTENT,
+    SERIALIZER_CONFIG_KEY,
 )
 from nameko.exceptions import (
-    RemoteError, UnknownService, UnserializableValueError, serialize,
+    RemoteError,
+    UnknownService,
+    UnserializableValueError,
+    serialize,
 )
 from nameko.rpc import (
-    MethodProxy, Responder as NamekoResponder, Rpc as NamekoRpc,
-    RpcConsumer as NamekoRpcConsumer, RpcProxy, ServiceProxy, get_rpc_exchange,
+    MethodProxy,
+    RpcProxy,
+    ServiceProxy,
+    get_rpc_exchange,
+)
+from nameko.rpc import (
+    Responder as NamekoResponder,
+)
+from nameko.rpc import (
+    Rpc as NamekoRpc,
+)
+from nameko.rpc import (
+    RpcConsumer as NamekoRpcConsumer,
 )
 
 from common.broker import BrokerWatch
@@ -53,11 +73,21 @@ log = logging.getLogger(__name__)
 
 # Errors a service replies with when its own broker connection broke mid-call, or when it
 # was stopping (nameko 2.x sends them as RemoteError): transient, the call is retryable.
-TRANSPORT_FAILURES = frozenset({
-    "ContainerBeingKilled", "ConnectionError", "ConnectionResetError", "BrokenPipeError",
-    "ConnectionRefusedError", "ConnectionAbortedError", "OSError", "TimeoutError",
-    "RecoverableConnectionError", "ConnectionForced", "OperationalError",
-})
+TRANSPORT_FAILURES = frozenset(
+    {
+        "ContainerBeingKilled",
+        "ConnectionError",
+        "ConnectionResetError",
+        "BrokenPipeError",
+        "ConnectionRefusedError",
+        "ConnectionAbortedError",
+        "OSError",
+        "TimeoutError",
+        "RecoverableConnectionError",
+        "ConnectionForced",
+        "OperationalError",
+    }
+)
 
 
 def call_bound(config, target_service):
@@ -106,10 +136,11 @@ class Responder(NamekoResponder):
     def send_response(self, result, exc_info):
         error = serialize(exc_info[1]) if exc_info is not None else None
         serializer = registry.type_to_name[self.message.properties["content_type"]]
-        publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl,
-                                       login_method=self.login_method)
+        publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl, login_method=self.login_method)
         publish = partial(
-            publisher.publish, serializer=serializer, exchange=self.exchange,
+            publisher.publish,
+            serializer=serializer,
+            exchange=self.exchange,
             routing_key=self.message.properties["reply_to"],
             correlation_id=self.message.properties.get("correlation_id"),
         )
@@ -128,9 +159,12 @@ class RpcConsumer(NamekoRpcConsumer):
     def handle_result(self, message, result, exc_info):
         config = self.container.config
         responder = Responder(
-            config[AMQP_URI_CONFIG_KEY], get_rpc_exchange(config),
-            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER), message,
-            ssl=config.get(AMQP_SSL_CONFIG_KEY), login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+            config[AMQP_URI_CONFIG_KEY],
+            get_rpc_exchange(config),
+            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER),
+            message,
+            ssl=config.get(AMQP_SSL_CONFIG_KEY),
+            login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
         )
         result, exc_info = responder.send_response(result, exc_info)
         self.queue_consumer.ack_message(message)
@@ -151,8 +185,11 @@ def rpc(fn):
 def broker_blocked_error(service_name, broker_watch):
     return ServiceUnavailable(
         f"the message broker is blocking publishers (resource alarm): cannot call {service_name}",
-        {"service": service_name, "reason": "broker_blocked",
-         **({"broker_reason": broker_watch.reason} if broker_watch.reason else {})},
+        {
+            "service": service_name,
+            "reason": "broker_blocked",
+            **({"broker_reason": broker_watch.reason} if broker_watch.reason else {}),
+        },
     )
 
 
@@ -177,8 +214,9 @@ class BoundedMethodProxy(MethodProxy):
                 raise
             finally:
                 mark_outcome(span, failure)
-                observe_rpc_call(caller, self.service_name, self.method_name,
-                                 time.monotonic() - started, failure)
+                observe_rpc_call(
+                    caller, self.service_name, self.method_name, time.monotonic() - started, failure
+                )
 
     def get_message_headers(self, worker_ctx):
         """nameko's headers (the caller's context data), this call's span as the parent."""
@@ -204,8 +242,7 @@ class BoundedMethodProxy(MethodProxy):
             if self.broker_watch is not None and self.broker_watch.blocked:
                 raise broker_blocked_error(self.service_name, self.broker_watch) from None
             raise GatewayTimeout(
-                f"{self.service_name}.{self.method_name} did not answer within "
-                f"{self.timeout:g}s",
+                f"{self.service_name}.{self.method_name} did not answer within {self.timeout:g}s",
                 {"service": self.service_name, "timeout_seconds": self.timeout},
             ) from None
         except RemoteError as exc:
@@ -226,8 +263,9 @@ class BoundedMethodProxy(MethodProxy):
         except (KombuOperationalError, AMQPError, OSError) as exc:
             # the broker connection broke (a node died, py-amqp's "Server unexpectedly
             # closed connection" is a bare OSError) or refused the publish
-            log.warning("call to %s.%s failed at the broker: %r", self.service_name,
-                        self.method_name, exc)
+            log.warning(
+                "call to %s.%s failed at the broker: %r", self.service_name, self.method_name, exc
+            )
             raise ServiceUnavailable(
                 f"the message broker is unavailable: cannot call {self.service_name}",
                 {"service": self.service_name, "reason": "broker"},
@@ -257,8 +295,11 @@ class BoundedServiceProxy(ServiceProxy):
 def broker_status(broker_watch):
     """The ``rabbitmq`` entry of a readiness answer, from the process's own watch."""
     if broker_watch.blocked:
-        return {"status": "service_unavailable", "reason": "broker_blocked",
-                **({"message": broker_watch.reason} if broker_watch.reason else {})}
+        return {
+            "status": "service_unavailable",
+            "reason": "broker_blocked",
+            **({"message": broker_watch.reason} if broker_watch.reason else {}),
+        }
     return {"status": "ok"}
 
 
@@ -282,6 +323,10 @@ class BoundedRpcProxy(RpcProxy):
             self.timeout_override or call_bound(self.container.config, self.target_service)
         )
         return BoundedServiceProxy(
-            worker_ctx, self.target_service, self.rpc_reply_listener,
-            timeout=timeout, broker_watch=self.broker_watch, **self.options
+            worker_ctx,
+            self.target_service,
+            self.rpc_reply_listener,
+            timeout=timeout,
+            broker_watch=self.broker_watch,
+            **self.options,
         )

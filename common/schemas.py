@@ -1,4 +1,8 @@
 """marshmallow helpers shared by the services' schemas."""
+
+from collections.abc import Callable
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 from marshmallow import ValidationError as MarshmallowValidationError
 
@@ -46,12 +50,12 @@ def merged_quantities_fit(items):
         )
 
 
-LINE_ITEMS = [validate.Length(min=1, max=100), merged_quantities_fit]
+LINE_ITEMS: list[Callable[[Any], Any]] = [validate.Length(min=1, max=100), merged_quantities_fit]
 
 
 def merge_line_items(items):
     """``{product_id: total quantity}`` in ascending id order (duplicate ids add up)."""
-    quantities = {}
+    quantities: dict[int, int] = {}
     for item in items:
         quantities[item["id"]] = quantities.get(item["id"], 0) + item["quantity"]
     return dict(sorted(quantities.items()))

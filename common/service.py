@@ -1,5 +1,7 @@
 """What every shop service with a database has in common."""
 
+from typing import Any
+
 from common.db import check_database
 from common.logs import WorkerLog
 from common.metrics import Metrics
@@ -16,6 +18,7 @@ class ShopService:
     ``/metrics`` on ``OPS_HTTP_ADDRESS``) and the two RPC probes. A subclass sets
     ``name`` and ``db``."""
 
+    db: Any  # each service's Database
     config = Config()  # one read-only view of the container config for every worker
     settings_check = SettingsCheck()  # a malformed setting stops the start (common/settings.py)
     worker_log = WorkerLog()

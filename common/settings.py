@@ -28,10 +28,12 @@ tests/test_settings.py holds both rules: config.yml's keys and these fields are 
 set, every code default has its empty placeholder and no config.yml default has a code
 twin, and no ``config.get("KEY", default)`` is left in common/ or the services.
 """
+
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any
 
 from nameko.constants import DEFAULT_MAX_WORKERS
 from nameko.dependency_providers import Config as NamekoConfig
@@ -45,6 +47,7 @@ SIGNUP_RULES = ("open", "admin")
 
 
 # -- parsers: (key, raw value) -> typed value, or ValueError naming the key -------------
+
 
 def _number(key, value, what):
     if isinstance(value, bool):
@@ -113,6 +116,7 @@ def one_of(*choices, lower=True):
         if chosen not in choices:
             raise ValueError(f"{key} must be one of {choices}, not {chosen!r}")
         return chosen
+
     return parse
 
 
@@ -154,7 +158,7 @@ def setting(key, parse, default=IN_CONFIG_YML):
     return field(default=None if default is IN_CONFIG_YML else default, metadata=metadata)
 
 
-_DEFAULTS = {}  # key -> default (or IN_CONFIG_YML), filled by setting()
+_DEFAULTS: dict[str, Any] = {}  # key -> default (or IN_CONFIG_YML), filled by setting()
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,8 @@ class Settings:
     db_lock_timeout_ms: int = setting("DB_LOCK_TIMEOUT_MS", milliseconds, 3000)
     db_statement_timeout_ms: int = setting("DB_STATEMENT_TIMEOUT_MS", milliseconds, 4000)
     db_idle_in_transaction_timeout_ms: int = setting(
-        "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", milliseconds, 30000)
+        "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", milliseconds, 30000
+    )
     db_ping_idle_seconds: float = setting("DB_PING_IDLE_SECONDS", seconds, 2.0)
     # -- RPC bounds (common/rpc.py) --
     rpc_timeout: float = setting("RPC_TIMEOUT", timeout, 5.0)
@@ -266,7 +271,9 @@ class Settings:
         return max([self.rpc_timeout, *self.rpc_timeouts.values()])
 
 
-_built = {}  # id(config) -> (config, Settings): one per container config
+_built: dict[
+    int, tuple[Any, "Settings"]
+] = {}  # id(config) -> (config, Settings): one per container config
 MAX_BUILT = 256  # configs remembered (a process has one per container; tests make more)
 
 

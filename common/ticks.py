@@ -23,6 +23,7 @@ expected and harmless: nothing was decided, and the job runs again at its next t
 The job must leave nothing half-done when it raises: each of its steps commits on its own
 or rolls back (the session context managers do), so stopping anywhere is safe.
 """
+
 import logging
 from contextlib import contextmanager
 
@@ -51,6 +52,8 @@ def retried_at_next_tick(log: logging.Logger, job: str):
         yield
     except TRANSIENT as exc:
         log.warning(
-            "%s postponed to the next tick: %s", job, reason(exc),
+            "%s postponed to the next tick: %s",
+            job,
+            reason(exc),
             extra={"event": "tick_postponed", "job": job, "error": type(exc).__name__},
         )

@@ -2,6 +2,7 @@
 container's settings at setup (:mod:`common.settings`: ``KEY``'s default is written there,
 once), so intervals are configured like every other setting.
 An interval of 0 (or less) disables the timer."""
+
 from nameko.timer import Timer
 
 from common.settings import Settings, settings_of

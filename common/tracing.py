@@ -29,22 +29,24 @@ caller keeps the caller's decision.
 One tracer provider per process (:func:`provider_for`), built from the first container's
 config; :func:`use_provider` injects another one (tests: an in-memory exporter).
 """
+
 import contextlib
 import functools
 
+from nameko.events import EventDispatcher
+from nameko.extensions import DependencyProvider
 from opentelemetry import context, trace
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor,
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from nameko.events import EventDispatcher
-from nameko.extensions import DependencyProvider
 
 from common.errors import ShopError, outcome_of
 from common.metrics import entrypoint_kind  # one classification for metrics and traces
@@ -121,8 +123,10 @@ def trace_fields():
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return {}
-    return {"trace_id": format(span_context.trace_id, "032x"),
-            "span_id": format(span_context.span_id, "016x")}
+    return {
+        "trace_id": format(span_context.trace_id, "032x"),
+        "span_id": format(span_context.span_id, "016x"),
+    }
 
 
 def mark_outcome(span, exc):
@@ -133,8 +137,12 @@ def mark_outcome(span, exc):
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
 
 
-SPAN_KINDS = {"rpc": SpanKind.SERVER, "http": SpanKind.SERVER, "event": SpanKind.CONSUMER,
-              "timer": SpanKind.INTERNAL}
+SPAN_KINDS = {
+    "rpc": SpanKind.SERVER,
+    "http": SpanKind.SERVER,
+    "event": SpanKind.CONSUMER,
+    "timer": SpanKind.INTERNAL,
+}
 
 
 class Tracing(DependencyProvider):
@@ -148,13 +156,21 @@ class Tracing(DependencyProvider):
 
     def worker_setup(self, worker_ctx):
         kind = entrypoint_kind(worker_ctx.entrypoint)
-        parent = None if kind == "timer" else propagator.extract(
-            worker_ctx.context_data, getter=context_data_getter)
+        parent = (
+            None
+            if kind == "timer"
+            else propagator.extract(worker_ctx.context_data, getter=context_data_getter)
+        )
         span = self.tracer.start_span(
             f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}",
-            context=parent, kind=SPAN_KINDS.get(kind, SpanKind.INTERNAL),
-            attributes={"rpc.system": "nameko", "rpc.service": worker_ctx.service_name,
-                        "rpc.method": worker_ctx.entrypoint.method_name, "shop.entrypoint": kind},
+            context=parent,
+            kind=SPAN_KINDS.get(kind, SpanKind.INTERNAL),
+            attributes={
+                "rpc.system": "nameko",
+                "rpc.service": worker_ctx.service_name,
+                "rpc.method": worker_ctx.entrypoint.method_name,
+                "shop.entrypoint": kind,
+            },
         )
         token = context.attach(trace.set_span_in_context(span))
         self.active[worker_ctx] = (span, token)
@@ -183,8 +199,11 @@ def trace_statements(engine, provider, service_name):
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.metrics import NoOpMeterProvider
 
-    usage = NoOpMeterProvider().get_meter(__name__).create_up_down_counter(
-        "db.client.connections.usage")  # pool usage is a Prometheus metric here already
+    usage = (
+        NoOpMeterProvider()
+        .get_meter(__name__)
+        .create_up_down_counter("db.client.connections.usage")
+    )  # pool usage is a Prometheus metric here already
     return EngineTracer(provider.get_tracer(service_name), engine, usage)
 
 
@@ -201,11 +220,13 @@ def client_span(provider, caller, target, method):
     callee's span a child of this one."""
     tracer = tracer_of(provider, caller)
     with tracer.start_as_current_span(
-        f"{target}.{method}", kind=SpanKind.CLIENT, record_exception=False,
+        f"{target}.{method}",
+        kind=SpanKind.CLIENT,
+        record_exception=False,
         set_status_on_exception=False,
         attributes={"rpc.system": "nameko", "rpc.service": target, "rpc.method": method},
     ) as span:
-        headers = {}
+        headers: dict[str, str] = {}
         propagator.inject(headers)
         yield span, headers
 
@@ -213,7 +234,7 @@ def client_span(provider, caller, target, method):
 def current_headers():
     """The W3C Trace Context entries of the current span (for a message sent outside an
     RPC, e.g. an event)."""
-    headers = {}
+    headers: dict[str, str] = {}
     propagator.inject(headers)
     return headers
 
@@ -225,9 +246,11 @@ class TracedEventDispatcher(EventDispatcher):
     def get_dependency(self, worker_ctx):
         def dispatch(event_type, event_data):
             headers = self.get_message_headers(worker_ctx)
-            headers.update((self._get_header_name(key), value)
-                           for key, value in current_headers().items())
-            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
-                                   extra_headers=headers)
+            headers.update(
+                (self._get_header_name(key), value) for key, value in current_headers().items()
+            )
+            self.publisher.publish(
+                event_data, exchange=self.exchange, routing_key=event_type, extra_headers=headers
+            )
 
         return dispatch

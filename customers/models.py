@@ -1,4 +1,5 @@
 """Tables of the customers database (shop_customers). Changed only through Alembic."""
+
 from datetime import datetime
 
 from sqlalchemy import DateTime, Index, String, UniqueConstraint, func
@@ -19,9 +20,7 @@ class Customer(Base):
     # Set when created with an Idempotency-Key: a retry returns this customer.
     idempotency_key: Mapped[str | None] = mapped_column(String(100))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         Index("uq_customers_email", "email", unique=True),

@@ -1,8 +1,8 @@
 """Wire formats of the customers service."""
+
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from common.schemas import NOT_BLANK, storable_text
-
 
 MAX_EMAIL_LENGTH = 254  # customers.email is VARCHAR(254)
 

@@ -1,16 +1,17 @@
 """Customers service: RPC contracts over the customers database."""
+
 import logging
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
-from common.metrics import CUSTOMERS_CREATED, IDEMPOTENT_REPLAYS
 from common.idempotency import checked_key, ensure_same_request, fingerprint
+from common.metrics import CUSTOMERS_CREATED, IDEMPOTENT_REPLAYS
 from common.pagination import keyset_page, page_params
 from common.rpc import rpc
 from common.schemas import load
+from common.service import ShopService
 from common.tracing import TracedEventDispatcher
 from customers.exceptions import CustomerNotFound, EmailAlreadyRegistered
 from customers.models import Base, Customer
@@ -54,9 +55,12 @@ class CustomersService(ShopService):
                 self._announce(created)
                 return created
             with self.db.get_session() as session:
-                first = key and session.scalars(
-                    select(Customer).where(Customer.idempotency_key == key)
-                ).one_or_none()
+                first = (
+                    key
+                    and session.scalars(
+                        select(Customer).where(Customer.idempotency_key == key)
+                    ).one_or_none()
+                )
                 if first is None:
                     raise EmailAlreadyRegistered(
                         f"a customer with email {data['email']} already exists",

@@ -6,6 +6,7 @@ written. When on, every write (POST, PUT, PATCH, DELETE) needs ``Authorization: 
 <token>``: 401 without one, 403 with a wrong one. Tokens are compared in constant time,
 against every configured token.
 """
+
 import hmac
 
 from common.settings import settings_of

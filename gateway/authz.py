@@ -18,10 +18,12 @@ URL), else a PEM public key (``AUTH_JWT_PUBLIC_KEY``), else an HMAC secret
 :data:`RULES` maps each route (the service method's name) to a rule; a route missing from
 it is admin-only. The services stay callable by trusted RPC: nothing is checked there.
 """
+
 import logging
 import os
 import secrets
 import time
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -46,9 +48,15 @@ ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS
 # "own_order" (read: the order is the caller's, checked in the worker, else 404),
 # "cancel_order" (as own_order; not the admin's: it reads, it does not act for customers).
 RULES = {
-    "health": "public", "metrics_text": "public", "ready": "public", "ping": "public",
-    "openapi_spec": "public", "docs": "public", "docs_asset": "public",
-    "list_products": "public", "get_product": "public",
+    "health": "public",
+    "metrics_text": "public",
+    "ready": "public",
+    "ping": "public",
+    "openapi_spec": "public",
+    "docs": "public",
+    "docs_asset": "public",
+    "list_products": "public",
+    "get_product": "public",
     "create_customer": "signup",
     "list_customers": "admin",
     "create_product": "admin",
@@ -97,7 +105,7 @@ def dev_secret_path(config):
     return config.get("AUTH_JWT_DEV_SECRET_PATH") or DEV_SECRET_PATH
 
 
-_dev_secrets = {}  # path -> secret: read once per process, not per request
+_dev_secrets: dict[str, str] = {}  # path -> secret: read once per process, not per request
 
 
 def dev_secret(config):
@@ -180,7 +188,9 @@ class Verifier:
         self.audience = audience(config)
         settings = settings_of(config)
         self.leeway = settings.auth_jwt_leeway
-        self._jwks_client = self._jwks = self._key = None
+        self._jwks_client: jwt.PyJWKClient | None = None
+        self._jwks: jwt.PyJWKSet | None = None
+        self._key: Any = None  # a public key object, or an HMAC secret (str)
         jwks = str(config.get("AUTH_JWT_JWKS") or "").strip()
         public_key = public_key_pem(config)
         secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
@@ -189,7 +199,9 @@ class Verifier:
             self.source = f"JWKS {jwks}"
             if jwks.startswith(("http://", "https://")):
                 self._jwks_client = jwt.PyJWKClient(
-                    jwks, cache_keys=True, timeout=settings.auth_jwt_jwks_timeout,
+                    jwks,
+                    cache_keys=True,
+                    timeout=settings.auth_jwt_jwks_timeout,
                     lifespan=settings.auth_jwt_jwks_cache_seconds,
                     cooldown_duration=settings.auth_jwt_jwks_refetch_seconds,
                 )
@@ -224,11 +236,16 @@ class Verifier:
                 return self._jwks_client.get_signing_key_from_jwt(token).key
             except jwt.PyJWKClientConnectionError as exc:
                 log.warning("JWKS not fetched: %s", exc)
-                raise ServiceUnavailable("the signing keys could not be fetched",
-                                         {"reason": "jwks"}) from None
+                raise ServiceUnavailable(
+                    "the signing keys could not be fetched", {"reason": "jwks"}
+                ) from None
+        assert self._jwks is not None  # a JWKS file, the only source left
         kid = jwt.get_unverified_header(token).get("kid")
-        keys = [key for key in self._jwks.keys if key.key_id == kid or
-                (kid is None and len(self._jwks.keys) == 1)]
+        keys = [
+            key
+            for key in self._jwks.keys
+            if key.key_id == kid or (kid is None and len(self._jwks.keys) == 1)
+        ]
         if not keys:
             raise jwt.InvalidTokenError(f"no signing key with kid {kid!r}")
         return keys[0].key
@@ -239,11 +256,18 @@ class Verifier:
             key = self.key_for(token)
             # a key verifies only its own family (an RSA key handed an ES256 token would
             # make PyJWT raise TypeError, not an invalid-token error)
-            accepted = self.algorithms if isinstance(key, str) else [
-                alg for alg in self.algorithms if alg in _key_algorithms(key)]
+            accepted = (
+                self.algorithms
+                if isinstance(key, str)
+                else [alg for alg in self.algorithms if alg in _key_algorithms(key)]
+            )
             return jwt.decode(
-                token, key, algorithms=accepted,
-                audience=self.audience, issuer=self.issuer, leeway=self.leeway,
+                token,
+                key,
+                algorithms=accepted,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.PyJWTError as exc:
@@ -261,7 +285,9 @@ class Gate:
         self.signup_is_admins = config.get("AUTH_SIGNUP") == "admin"
 
 
-_gates = {}  # id(config) -> (config, Gate): one per container config, built on first use
+_gates: dict[
+    int, tuple[Any, "Gate"]
+] = {}  # id(config) -> (config, Gate): one per container config, built on first use
 
 
 def gate(config):
@@ -289,8 +315,13 @@ def audience(config):
 def mint(config, admin=False, customer_id=None, ttl=3600, now=None):
     """A token for local use: HS256 with the configured or development secret."""
     now = int(now if now is not None else time.time())
-    claims = {"iss": issuer(config), "aud": audience(config), "iat": now, "nbf": now,
-              "exp": now + int(ttl)}
+    claims = {
+        "iss": issuer(config),
+        "aud": audience(config),
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(ttl),
+    }
     if admin:
         claims["scope"] = ADMIN_SCOPE
         claims["sub"] = "admin"
@@ -306,9 +337,11 @@ def describe(config):
     if settings.mode != "jwt":
         return f"auth mode {settings.mode}"
     verifier = settings.verifier
-    return (f"auth mode jwt: tokens verified with the {verifier.source} "
-            f"({', '.join(verifier.algorithms)}), iss {verifier.issuer!r}, "
-            f"aud {verifier.audience!r}")
+    return (
+        f"auth mode jwt: tokens verified with the {verifier.source} "
+        f"({', '.join(verifier.algorithms)}), iss {verifier.issuer!r}, "
+        f"aud {verifier.audience!r}"
+    )
 
 
 def bearer_token(request):

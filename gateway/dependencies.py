@@ -1,4 +1,5 @@
 """Dependencies of the gateway beyond the services' RPC proxies."""
+
 import logging
 
 from eventlet import GreenPool
@@ -37,8 +38,11 @@ class Readiness:
             return name, {"status": "ok", **probe.check_ready()}
         except ShopError as exc:
             reason = exc.details.get("reason")  # broker, broker_blocked, database, or none
-            return name, {"status": exc.error, "message": exc.message,
-                          **({"reason": reason} if reason else {})}
+            return name, {
+                "status": exc.error,
+                "message": exc.message,
+                **({"reason": reason} if reason else {}),
+            }
 
 
 class ReadinessProbes(BoundedRpcProxy):
@@ -53,7 +57,10 @@ class ReadinessProbes(BoundedRpcProxy):
         timeout = settings_of(self.container.config).ready_timeout
         probes = {
             service: BoundedServiceProxy(
-                worker_ctx, service, self.rpc_reply_listener, timeout=timeout,
+                worker_ctx,
+                service,
+                self.rpc_reply_listener,
+                timeout=timeout,
                 broker_watch=self.broker_watch,
             )
             for service in self.services

@@ -26,13 +26,14 @@ the next request on each open connection, with ``Connection: close``; an idle co
 is closed. The stop then waits for the workers as Nameko always does. The drain lasts at
 most the longest call bound (``RPC_TIMEOUTS``/``RPC_TIMEOUT``) + 1 s.
 """
+
 import json
 import re
 import socket
 import time
 import uuid
-
 from functools import partial
+from typing import Any
 
 import eventlet
 from eventlet.event import Event
@@ -47,16 +48,24 @@ from werkzeug.wrappers import Request, Response
 from common.errors import BadRequest, InternalError, ServiceUnavailable, ShopError
 from common.logs import REQUEST_ID_KEY
 from common.metrics import HTTP_RESPONSES, child
-from common.tracing import TRACE_HEADERS
 from common.rpc import longest_call_bound
 from common.settings import settings_of
+from common.tracing import TRACE_HEADERS
 from gateway import authz
 from gateway.auth import authorize
 from gateway.exceptions import (
-    ClientClosedRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType, from_http_status,
+    ClientClosedRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    from_http_status,
 )
 from gateway.protocol import (
-    CLIENT_SOCKET_KEY, CLOSE_AFTER_RESPONSE_KEY, JsonHttpProtocol, client_is_gone, peek,
+    CLIENT_SOCKET_KEY,
+    CLOSE_AFTER_RESPONSE_KEY,
+    JsonHttpProtocol,
+    client_is_gone,
+    peek,
 )
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -172,7 +181,7 @@ class JsonWsgiApp(WsgiApp):
         try:
             provider, values = adapter.match()
             route = provider.method_name
-            request.path_values = values
+            request.path_values = values  # type: ignore[attr-defined]  # read by gateway/authz.py
             response = provider.handle_request(request)
         except HTTPException as exc:
             response = error_response(routing_error(exc, environ))
@@ -201,6 +210,11 @@ def routing_error(exc, environ):
 class JsonWebServer(WebServer):
     """Nameko's web server with JSON errors, a configurable backlog, bounded connections
     (:mod:`gateway.protocol`) and a drain on stop (module docstring)."""
+
+    # set by nameko's WebServer (untyped): its serving thread, socket and start flag
+    _gt: Any
+    _sock: Any
+    _starting: bool
 
     def __init__(self):
         super().__init__()
@@ -275,7 +289,8 @@ class JsonWebServer(WebServer):
     def _busy_connections(self):
         """Connections with a request being served, or one sent and not yet read."""
         return [
-            connection for connection in self._connections.values()
+            connection
+            for connection in self._connections.values()
             if connection[2] == STATE_REQUEST or _has_pending_data(connection[1])
         ]
 

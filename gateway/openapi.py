@@ -12,6 +12,7 @@
 The page uses relative URLs (``docs/swagger-ui.css``, ``openapi.json``), so it also works
 behind a proxy that mounts the API under a prefix.
 """
+
 import copy
 import functools
 import json
@@ -69,7 +70,7 @@ DOCS_PAGE = """<!DOCTYPE html>
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spec():
     """The OpenAPI document as a dict (read once per process), as written: each
     operation's ``security`` is the one ``AUTH_MODE=jwt`` enforces, and ``x-auth-rule``
@@ -86,10 +87,10 @@ def operations(document):
                 yield method, path, operation
 
 
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def served_spec(mode, signup_is_admins=False):
     """The document a gateway in ``AUTH_MODE`` ``mode`` serves: what a client must send
     there. ``off``: no operation needs a token; ``tokens``: every POST does; ``jwt``: as
@@ -105,13 +106,13 @@ def served_spec(mode, signup_is_admins=False):
     return document
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spec_json(mode, signup_is_admins=False):
     document = served_spec(mode, signup_is_admins)
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def assets():
     """``{filename: (path, content type)}`` of every servable Swagger UI file."""
     found = {}
@@ -137,6 +138,8 @@ def asset_response(filename):
         raise NotFound(f"no docs asset named {filename[:100]!r}", {"filename": filename[:100]})
     path, content_type = asset
     return Response(
-        path.read_bytes(), 200, content_type=content_type,
+        path.read_bytes(),
+        200,
+        content_type=content_type,
         headers={"Cache-Control": ASSET_CACHE_CONTROL},
     )

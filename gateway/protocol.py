@@ -20,14 +20,16 @@ that and nothing else:
   this response (:data:`CLIENT_SOCKET_KEY`, :data:`CLOSE_AFTER_RESPONSE_KEY`), which the
   gateway uses to skip requests whose client is gone and to drain on stop.
 """
+
 import errno
 import json
 import socket
 import uuid
 from http import HTTPStatus
+from typing import Any
 
-from eventlet.wsgi import HeadersTooLarge as EventletHeadersTooLarge
 from eventlet.wsgi import HeaderLineTooLong
+from eventlet.wsgi import HeadersTooLarge as EventletHeadersTooLarge
 from nameko.web.server import HttpOnlyProtocol
 
 from common.errors import BadRequest
@@ -72,6 +74,8 @@ def client_is_gone(sock):
 class JsonHttpProtocol(HttpOnlyProtocol):
     """See the module docstring."""
 
+    rfile: Any  # eventlet's request stream (its class is untyped), wrapped per request
+
     def send_error(self, code, message=None, explain=None):
         """Answer ``code`` as the JSON envelope and close the connection (called by the
         standard library's request parsing, and below)."""
@@ -98,8 +102,11 @@ class JsonHttpProtocol(HttpOnlyProtocol):
         except TimeoutError:  # idle keep-alive connection: close it quietly
             return ""
         if len(line) >= self.server.url_length_limit:
-            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, "the request line is too long",
-                            f"at most {self.server.url_length_limit - 1} bytes")
+            self.send_error(
+                HTTPStatus.REQUEST_URI_TOO_LONG,
+                "the request line is too long",
+                f"at most {self.server.url_length_limit - 1} bytes",
+            )
             return ""
         return line
 
@@ -109,8 +116,10 @@ class JsonHttpProtocol(HttpOnlyProtocol):
         try:
             parsed = super().parse_request()
         except (HeaderLineTooLong, EventletHeadersTooLarge):
-            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "a header line exceeds 8 KiB or the headers 64 KiB")
+            self.send_error(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "a header line exceeds 8 KiB or the headers 64 KiB",
+            )
             return False
         except TimeoutError:
             self.send_error(HTTPStatus.REQUEST_TIMEOUT, "the request head was not received in time")
@@ -132,8 +141,10 @@ class JsonHttpProtocol(HttpOnlyProtocol):
             self.send_error(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
             return False
         if self.headers.get("transfer-encoding") is not None:
-            self.send_error(HTTPStatus.BAD_REQUEST,
-                            "Content-Length and Transfer-Encoding may not be used together")
+            self.send_error(
+                HTTPStatus.BAD_REQUEST,
+                "Content-Length and Transfer-Encoding may not be used together",
+            )
             return False
         return True
 
@@ -144,7 +155,7 @@ class JsonHttpProtocol(HttpOnlyProtocol):
         return environ
 
     def _close_after_response(self):
-        self.close_connection = 1
+        self.close_connection = True
 
     def handle(self):
         try:

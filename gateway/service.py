@@ -6,6 +6,7 @@ each process serves every route. Status codes: POST 201 with a ``Location`` head
 ``Idempotency-Key`` header: a retry with the same key gets the first outcome. List routes return a JSON array
 and, when there is a next page, a ``Link: <...>; rel="next"`` header.
 """
+
 import uuid
 from functools import partial
 from urllib.parse import urlencode
@@ -15,13 +16,17 @@ from werkzeug.wrappers import Response
 from common.logs import WorkerLog
 from common.metrics import Metrics, exposition
 from common.registry import SERVICES
-from common.settings import Config, SettingsCheck
 from common.rpc import BoundedRpcProxy
+from common.settings import Config, SettingsCheck
 from common.tracing import Tracing
 from gateway import authz, openapi
 from gateway.dependencies import AuthSettings, ReadinessProbes
 from gateway.http import (
-    http, json_response, max_body_bytes, read_json, unpooled_http,
+    http,
+    json_response,
+    max_body_bytes,
+    read_json,
+    unpooled_http,
 )
 
 

@@ -6,6 +6,7 @@ unchanged: CustomerNotFound, ProductNotFound, InsufficientStock, OrderTotalTooLa
 ServiceUnavailable, GatewayTimeout (all in :mod:`common.errors` too, so the orders process
 deserializes them without importing the other services).
 """
+
 from common.errors import OrderFailed, OrderNotCancellable, OrderNotFound
 
 __all__ = ["OrderFailed", "OrderNotCancellable", "OrderNotFound"]

@@ -14,6 +14,7 @@ Safety of each step when repeated:
 * ``products.release_stock(order_ref)`` is idempotent and fences the order;
 * the status changes are guarded by the row lock and only ever leave ``pending`` once.
 """
+
 from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError

@@ -1,4 +1,5 @@
 """Tables of the orders database (shop_orders). Changed only through Alembic."""
+
 from datetime import datetime
 from decimal import Decimal
 
@@ -14,10 +15,10 @@ class Base(DeclarativeBase):
 class OrderStatus:
     """``pending -> confirmed | rejected | failed``, and ``confirmed -> cancelled``."""
 
-    PENDING = "pending"      # outcome not known yet: recovery or a retry resolves it
+    PENDING = "pending"  # outcome not known yet: recovery or a retry resolves it
     CONFIRMED = "confirmed"  # stock reserved, order recorded
-    REJECTED = "rejected"    # refused for good: unknown customer/product, no stock
-    FAILED = "failed"        # could not be completed; its stock (if any) was released
+    REJECTED = "rejected"  # refused for good: unknown customer/product, no stock
+    FAILED = "failed"  # could not be completed; its stock (if any) was released
     CANCELLED = "cancelled"  # was confirmed; its stock was given back
 
 
@@ -37,9 +38,7 @@ class Order(Base):
     failure: Mapped[dict | None] = mapped_column(JSONB)
     idempotency_key: Mapped[str | None] = mapped_column(String(100), unique=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -48,7 +47,9 @@ class Order(Base):
         back_populates="order", lazy="selectin", order_by="OrderLine.product_id"
     )
 
-    __table_args__ = (Index("ix_orders_pending", "updated_at", postgresql_where=text("status = 'pending'")),)
+    __table_args__ = (
+        Index("ix_orders_pending", "updated_at", postgresql_where=text("status = 'pending'")),
+    )
     __mapper_args__ = {"eager_defaults": True}
 
 

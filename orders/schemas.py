@@ -1,4 +1,5 @@
 """Wire formats of the orders service."""
+
 from marshmallow import Schema, fields, validate
 
 from common.db import MAX_INT4
@@ -11,9 +12,7 @@ class CreateOrderSchema(Schema):
     customer_id = fields.Integer(
         strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4)
     )
-    products = fields.List(
-        fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS
-    )
+    products = fields.List(fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS)
 
 
 class OrderLineSchema(Schema):

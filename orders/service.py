@@ -16,13 +16,14 @@ dies before the commit, the transaction (and the order row) vanishes and product
 reconciler gives the stock back (orders does not know the ``order_ref``). A pending order
 is resolved by a client retry with the same key, or by :meth:`recover_pending_orders`.
 """
+
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import ClassVar, cast
 from functools import partial
+from typing import ClassVar, cast
 
 import eventlet
 from nameko.events import event_handler
@@ -31,13 +32,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
-from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
-from common.metrics import IDEMPOTENT_REPLAYS, ORDERS, ORDERS_RECOVERED, count_on_commit
 from common.idempotency import checked_key, ensure_same_request, fingerprint
+from common.metrics import IDEMPOTENT_REPLAYS, ORDERS, ORDERS_RECOVERED, count_on_commit
 from common.pagination import budget_batches, budget_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
+from common.service import ShopService
 from common.settings import settings_of
 from common.ticks import retried_at_next_tick
 from common.timer import config_timer
@@ -56,8 +57,11 @@ LOAD_BATCH_LINES = 500
 def settled_labels(order):
     """``(status, reason)`` of ``shop_orders_total`` for an order that reached a final
     status: the reason is the error code of a rejected or failed order, else empty."""
-    reason = (order.failure or {}).get("error", "") if order.status in (
-        OrderStatus.REJECTED, OrderStatus.FAILED) else ""
+    reason = (
+        (order.failure or {}).get("error", "")
+        if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED)
+        else ""
+    )
     return order.status, reason
 
 
@@ -100,9 +104,12 @@ class NewOrder:
         whether the local view knows the customer (read by the same statement). Raises
         IntegrityError if ``key`` was used before."""
         values = {
-            "order_ref": uuid.uuid4().hex, "customer_id": customer_id,
-            "status": OrderStatus.PENDING, "requested": requested,
-            "idempotency_key": key, "request_fingerprint": request,
+            "order_ref": uuid.uuid4().hex,
+            "customer_id": customer_id,
+            "status": OrderStatus.PENDING,
+            "requested": requested,
+            "idempotency_key": key,
+            "request_fingerprint": request,
         }
         known = exists().where(KnownCustomer.id == customer_id).label("known")
         row = session.execute(cls.INSERT.values(**values).returning(known)).one()
@@ -113,16 +120,25 @@ class NewOrder:
         """Write what :func:`orders.flow.advance` decided: its lines, then its status,
         total and failure (``updated_at`` as the database sets it)."""
         if self.lines:
-            session.execute(insert(ORDER_LINES_TABLE), [
-                {"order_id": self.id, "product_id": line.product_id,
-                 "product_name": line.product_name, "quantity": line.quantity,
-                 "unit_price": line.unit_price}
-                for line in self.lines
-            ])
+            session.execute(
+                insert(ORDER_LINES_TABLE),
+                [
+                    {
+                        "order_id": self.id,
+                        "product_id": line.product_id,
+                        "product_name": line.product_name,
+                        "quantity": line.quantity,
+                        "unit_price": line.unit_price,
+                    }
+                    for line in self.lines
+                ],
+            )
         self.updated_at = session.execute(
-            update(ORDERS_TABLE).where(ORDERS_TABLE.c.id == self.id)
-            .values(status=self.status, total=self.total, failure=self.failure,
-                    updated_at=func.now())
+            update(ORDERS_TABLE)
+            .where(ORDERS_TABLE.c.id == self.id)
+            .values(
+                status=self.status, total=self.total, failure=self.failure, updated_at=func.now()
+            )
             .returning(ORDERS_TABLE.c.updated_at)
         ).scalar_one()
 
@@ -184,7 +200,8 @@ class OrdersService(ShopService):
                 was_pending = order.status == OrderStatus.PENDING
                 if was_pending:
                     reserved = flow.advance(
-                        order, partial(self._check_customer, session, known=known),
+                        order,
+                        partial(self._check_customer, session, known=known),
                         self.products,
                     )
                     if replay:
@@ -195,8 +212,13 @@ class OrdersService(ShopService):
                 # read before the commit: afterwards the ORM would reload the row (and
                 # leave a transaction open, rolled back at teardown)
                 settled = was_pending and order.status != OrderStatus.PENDING
-                counted = ORDERS.labels(*settled_labels(order)) if settled else (
-                    IDEMPOTENT_REPLAYS.labels(self.name) if replay and not was_pending else None)
+                counted = (
+                    ORDERS.labels(*settled_labels(order))
+                    if settled
+                    else (
+                        IDEMPOTENT_REPLAYS.labels(self.name) if replay and not was_pending else None
+                    )
+                )
                 session.commit()
                 if counted is not None:
                     counted.inc()
@@ -277,9 +299,11 @@ class OrdersService(ShopService):
             # at a time, yielding in between, a page (~70 ms of CPU for 2,000 lines) never
             # holds the process in one go while an order placement waits for its turn.
             items = []
-            for batch in budget_batches(weighted[:len(ids)], LOAD_BATCH_LINES):
+            for batch in budget_batches(weighted[: len(ids)], LOAD_BATCH_LINES):
                 orders = session.scalars(
-                    select(Order).where(Order.id.in_(batch)).order_by(Order.id)
+                    select(Order)
+                    .where(Order.id.in_(batch))
+                    .order_by(Order.id)
                     .options(defer(Order.requested))  # not answered; up to 100 items each
                 ).all()
                 for order in orders:

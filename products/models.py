@@ -1,9 +1,17 @@
 """Tables of the products database (shop_products). Changed only through Alembic."""
+
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import (
-    CheckConstraint, DateTime, ForeignKey, Index, Integer, Numeric, String, UniqueConstraint,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -26,9 +34,7 @@ class Product(Base):
     # Set when created with an Idempotency-Key: a retry returns this product.
     idempotency_key: Mapped[str | None] = mapped_column(String(100))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         UniqueConstraint("idempotency_key", name="uq_products_idempotency_key"),
@@ -39,9 +45,9 @@ class Product(Base):
 
 
 class HoldStatus:
-    RESERVED = "reserved"    # stock taken, order not known to be confirmed yet
+    RESERVED = "reserved"  # stock taken, order not known to be confirmed yet
     CONFIRMED = "confirmed"  # the orders service confirmed the order (products.reconcile)
-    RELEASED = "released"    # stock given back, or a fence: nothing may be reserved
+    RELEASED = "released"  # stock given back, or a fence: nothing may be reserved
 
 
 class OrderHold(Base):
@@ -56,9 +62,7 @@ class OrderHold(Base):
 
     order_ref: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Last change; for a ``reserved`` hold, when the reconciler last checked it (equal to
     # created_at until then): it is not checked again for HOLD_CONFIRM_AGE.
     updated_at: Mapped[datetime] = mapped_column(

@@ -34,6 +34,7 @@ release failed is stamped, so it is taken again one ``HOLD_CONFIRM_AGE`` later. 
 step is idempotent: a hold released twice gives its stock back once; a confirmed hold is
 never selected again.
 """
+
 import logging
 import time
 from dataclasses import dataclass
@@ -79,9 +80,9 @@ SETTLE = text("""
 
 @dataclass(frozen=True)
 class Settings:
-    age: float       # HOLD_CONFIRM_AGE: a hold is looked at this old, then this long after a check
+    age: float  # HOLD_CONFIRM_AGE: a hold is looked at this old, then this long after a check
     interval: float  # HOLD_CHECK_INTERVAL: a tick's time budget
-    batch: int       # HOLD_CHECK_BATCH, at most MAX_BATCH
+    batch: int  # HOLD_CHECK_BATCH, at most MAX_BATCH
 
     @classmethod
     def from_config(cls, config):
@@ -121,25 +122,37 @@ def reconcile(get_session, order_states, settings, clock=time.monotonic):
         with get_session() as session:
             if checked_before is None:  # the database's clock, fixed for the whole tick
                 checked_before = session.scalar(
-                    text("SELECT now() - make_interval(secs => :age)"), {"age": settings.age})
-            refs = session.scalars(AGED_HOLDS, {
-                "reserved": HoldStatus.RESERVED, "age": settings.age,
-                "checked_before": checked_before, "batch": settings.batch,
-            }).all()
+                    text("SELECT now() - make_interval(secs => :age)"), {"age": settings.age}
+                )
+            refs = session.scalars(
+                AGED_HOLDS,
+                {
+                    "reserved": HoldStatus.RESERVED,
+                    "age": settings.age,
+                    "checked_before": checked_before,
+                    "batch": settings.batch,
+                },
+            ).all()
             if not refs:
                 break
             states = order_states(refs)
             confirmed = [ref for ref in refs if states.get(ref) == "confirmed"]
-            session.execute(SETTLE, {
-                "refs": refs, "confirmed": confirmed, "confirmed_status": HoldStatus.CONFIRMED,
-            })
+            session.execute(
+                SETTLE,
+                {
+                    "refs": refs,
+                    "confirmed": confirmed,
+                    "confirmed_status": HoldStatus.CONFIRMED,
+                },
+            )
         tally.batches += 1
         tally.confirmed += len(confirmed)
         for ref in refs:
             state = states.get(ref)
             if state in ORDER_STATES_WITHOUT_STOCK:
-                log.warning("releasing stock held for order_ref %s (order %s)", ref,
-                            state or "unknown")
+                log.warning(
+                    "releasing stock held for order_ref %s (order %s)", ref, state or "unknown"
+                )
                 stock.with_hold_retry(get_session, stock.release, ref, "reconciler")
                 HOLDS_RELEASED.inc()
                 tally.released += 1
@@ -151,9 +164,17 @@ def reconcile(get_session, order_states, settings, clock=time.monotonic):
     if tally.holds:
         log.info(
             "reconciled %d holds in %d batches, %.2f s: %d confirmed, %d released, %d left",
-            tally.holds, tally.batches, tally.seconds, tally.confirmed, tally.released,
+            tally.holds,
+            tally.batches,
+            tally.seconds,
+            tally.confirmed,
+            tally.released,
             tally.left,
-            extra={"event": "holds_reconciled", "confirmed": tally.confirmed,
-                   "released": tally.released, "left": tally.left},
+            extra={
+                "event": "holds_reconciled",
+                "confirmed": tally.confirmed,
+                "released": tally.released,
+                "left": tally.left,
+            },
         )
     return tally

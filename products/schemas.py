@@ -1,4 +1,5 @@
 """Wire formats of the products service."""
+
 from decimal import Decimal
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
@@ -46,9 +47,7 @@ class ReserveStockSchema(Schema):
     order_ref = fields.String(
         required=True, validate=[validate.Length(min=1, max=64), storable_text]
     )
-    items = fields.List(
-        fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS
-    )
+    items = fields.List(fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS)
 
 
 class ReservedLineSchema(Schema):

@@ -9,26 +9,30 @@ not have yet, and the last page of a list, are read on the primary: a product ca
 read the moment it was created. Everything else (creation, every stock decision under
 the row locks, ``get_reservation``, which orders' recovery decides on) uses the primary.
 """
+
 import logging
 from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from common.service import ShopService
 from common.db import Database, database_errors_as_unavailable, is_valid_id
-from common.metrics import IDEMPOTENT_REPLAYS
 from common.idempotency import checked_key, ensure_same_request, fingerprint
+from common.metrics import IDEMPOTENT_REPLAYS
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
 from common.schemas import load, merge_line_items
+from common.service import ShopService
 from common.ticks import retried_at_next_tick
 from common.timer import config_timer
 from products import reconcile, stock
 from products.exceptions import ProductNotFound
 from products.models import Base, OrderHold, Product
 from products.schemas import (
-    CreateProductSchema, ProductSchema, ReservationSchema, ReserveStockSchema,
+    CreateProductSchema,
+    ProductSchema,
+    ReservationSchema,
+    ReserveStockSchema,
 )
 
 log = logging.getLogger(__name__)
@@ -143,7 +147,8 @@ class ProductsService(ShopService):
             if hold is None:
                 return None
             products = {
-                p.id: p for p in session.scalars(
+                p.id: p
+                for p in session.scalars(
                     select(Product).where(Product.id.in_([line.product_id for line in hold.lines]))
                 )
             }

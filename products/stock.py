@@ -20,6 +20,7 @@ Two transactions creating the same hold at once (a reserve racing a release of t
 order) collide on the primary key; the loser raises IntegrityError and is retried by the
 caller (:func:`with_hold_retry`), after which it sees the winner's hold.
 """
+
 from decimal import Decimal
 
 from sqlalchemy import select, text
@@ -78,8 +79,12 @@ def wire_form(order_ref, status, lines, products):
         "order_ref": order_ref,
         "status": status,
         "lines": [
-            {**line, "name": products[line["product_id"]].name
-             if line["product_id"] in products else None}
+            {
+                **line,
+                "name": products[line["product_id"]].name
+                if line["product_id"] in products
+                else None,
+            }
             for line in lines
         ],
     }
@@ -144,13 +149,16 @@ def reserve(session, order_ref, quantities):
         for product_id, quantity in quantities.items()
     ]
     count_on_commit(session, STOCK_UNITS_RESERVED, sum(quantities.values()))
-    session.execute(TAKE_STOCK, {
-        "order_ref": order_ref,
-        "status": HoldStatus.RESERVED,
-        "product_ids": [line["product_id"] for line in lines],
-        "quantities": [line["quantity"] for line in lines],
-        "unit_prices": [line["unit_price"] for line in lines],
-    })
+    session.execute(
+        TAKE_STOCK,
+        {
+            "order_ref": order_ref,
+            "status": HoldStatus.RESERVED,
+            "product_ids": [line["product_id"] for line in lines],
+            "quantities": [line["quantity"] for line in lines],
+            "unit_prices": [line["unit_price"] for line in lines],
+        },
+    )
     return wire_form(order_ref, HoldStatus.RESERVED, lines, products)
 
 
@@ -175,8 +183,9 @@ def release(session, order_ref, cause="release"):
         for line in hold.lines:
             products[line.product_id].stock += line.quantity
         hold.status = HoldStatus.RELEASED
-        count_on_commit(session, STOCK_UNITS_RELEASED.labels(cause),
-                        sum(line.quantity for line in hold.lines))
+        count_on_commit(
+            session, STOCK_UNITS_RELEASED.labels(cause), sum(line.quantity for line in hold.lines)
+        )
     session.flush()
     return describe(hold, products)
 

@@ -4,6 +4,7 @@ Run from the repository root with the project's virtualenv, e.g.
 ``.venv/bin/python scripts/manage.py migrate``. Settings come from config.yml (or
 ``$SHOP_CONFIG``), environment variables substituted.
 """
+
 import argparse
 import logging
 import os
@@ -38,8 +39,10 @@ def cmd_setup(args, config):
     only it connecting (idempotent: re-owns an install made as postgres)."""
     for service, uri in database_uris(config).items():
         created = admin.create_database(uri, admin_uri(config))
-        print(f"{service}: database {uri.rsplit('/', 1)[-1]} {'created' if created else 'exists'}"
-              f", owned by {make_url(uri).username}")
+        print(
+            f"{service}: database {uri.rsplit('/', 1)[-1]} {'created' if created else 'exists'}"
+            f", owned by {make_url(uri).username}"
+        )
 
 
 def cmd_migrate(args, config):
@@ -95,10 +98,12 @@ def cmd_wait_schema(args, config):
         if not pending:
             return
         if time.monotonic() > deadline:
-            print(f"schema not migrated after {args.timeout:g}s: "
-                  + ", ".join(f"{name} ({state})" for name, state in sorted(pending.items()))
-                  + " (has the migration Job run? `python scripts/manage.py migrate`)",
-                  file=sys.stderr)
+            print(
+                f"schema not migrated after {args.timeout:g}s: "
+                + ", ".join(f"{name} ({state})" for name, state in sorted(pending.items()))
+                + " (has the migration Job run? `python scripts/manage.py migrate`)",
+                file=sys.stderr,
+            )
             sys.exit(1)
         time.sleep(args.interval)
 
@@ -116,11 +121,14 @@ def cmd_wait(args, config):
     """Wait until every gateway answers /health and every service answers an RPC ping."""
     from scripts.readiness import wait_until_ready
 
-    pending = wait_until_ready(config, gateway_urls=gateway_urls(config),
-                               timeout=args.timeout, interval=0.5)
+    pending = wait_until_ready(
+        config, gateway_urls=gateway_urls(config), timeout=args.timeout, interval=0.5
+    )
     if pending:
-        print(f"not ready after {args.timeout}s: {', '.join(pending)} (see `make logs`)",
-              file=sys.stderr)
+        print(
+            f"not ready after {args.timeout}s: {', '.join(pending)} (see `make logs`)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     for url in gateway_urls(config):
         print(f"gateway ready: {url}/api/...")
@@ -133,8 +141,10 @@ def auth_notice(config):
 
     mode = auth_mode(config)
     if mode == "off":
-        return ("auth: off (AUTH_MODE): every route is open to anyone who reaches the "
-                "gateways; AUTH_MODE=jwt make restart, then make token ROLE=admin")
+        return (
+            "auth: off (AUTH_MODE): every route is open to anyone who reaches the "
+            "gateways; AUTH_MODE=jwt make restart, then make token ROLE=admin"
+        )
     if mode == "tokens":
         return "auth: static bearer tokens (API_TOKENS) on write routes"
     # builds the verifier as a gateway does: a bad key setting fails `make up` here, and
@@ -157,9 +167,16 @@ def cmd_ports(args, config):
 
     for service, addresses in metrics_targets(config).items():
         for index, address in enumerate(addresses):
-            name = (f"gateway-{address.rsplit(':', 1)[1]}-0" if service == "gateway"
-                    else f"{service}-{index}")
-            role = "API, /health /ready /metrics" if service == "gateway" else "/health /ready /metrics"
+            name = (
+                f"gateway-{address.rsplit(':', 1)[1]}-0"
+                if service == "gateway"
+                else f"{service}-{index}"
+            )
+            role = (
+                "API, /health /ready /metrics"
+                if service == "gateway"
+                else "/health /ready /metrics"
+            )
             print(f"{name:24s} http://{address:22s} {role}")
 
 
@@ -170,8 +187,7 @@ def cmd_token(args, config):
 
     if not args.role and args.customer is None:
         sys.exit("token: --role admin or --customer <id>")
-    print(authz.mint(config, admin=args.role == "admin", customer_id=args.customer,
-                     ttl=args.ttl))
+    print(authz.mint(config, admin=args.role == "admin", customer_id=args.customer, ttl=args.ttl))
 
 
 def cmd_broker_user(args, config):
@@ -196,8 +212,9 @@ def cmd_broker_user(args, config):
     deadline = time.monotonic() + args.timeout
     while True:
         try:
-            broker_permissions.apply(admin, vhost, user, password,
-                                     default_queue_type=args.default_queue_type)
+            broker_permissions.apply(
+                admin, vhost, user, password, default_queue_type=args.default_queue_type
+            )
             break
         except (requests.RequestException, broker_permissions.ManagementError) as exc:
             starting = not isinstance(exc, broker_permissions.ManagementError) or exc.status >= 500
@@ -211,10 +228,13 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: config.yml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("setup", help="create the three roles and databases").set_defaults(func=cmd_setup)
+    sub.add_parser("setup", help="create the three roles and databases").set_defaults(
+        func=cmd_setup
+    )
     migrate = sub.add_parser("migrate", help="alembic upgrade head, each service")
     migrate.add_argument(
-        "--allow-ahead", action="store_true",
+        "--allow-ahead",
+        action="store_true",
         help="leave a database migrated by newer code as it is (a rollback), not fail",
     )
     migrate.set_defaults(func=cmd_migrate)
@@ -236,18 +256,29 @@ def build_parser():
     schema = sub.add_parser(
         "wait-schema", help="wait until the services' databases are migrated (k8s init)"
     )
-    schema.add_argument("services", nargs="*",
-                        help=f"any of {', '.join(admin.SERVICES_WITH_DATABASE)} (default: all)")
+    schema.add_argument(
+        "services",
+        nargs="*",
+        help=f"any of {', '.join(admin.SERVICES_WITH_DATABASE)} (default: all)",
+    )
     schema.add_argument("--timeout", type=float, default=600)
     schema.add_argument("--interval", type=float, default=2)
     schema.set_defaults(func=cmd_wait_schema)
     broker = sub.add_parser(
-        "broker-user", help="the AMQP_URI's vhost and user, with the shop's permissions only")
+        "broker-user", help="the AMQP_URI's vhost and user, with the shop's permissions only"
+    )
     broker.add_argument("--admin-uri", help="management API as admin (default: $RABBIT_ADMIN_URI)")
-    broker.add_argument("--default-queue-type", choices=["classic", "quorum"],
-                        help="of a vhost it creates (default: the broker's)")
-    broker.add_argument("--timeout", type=float, default=120,
-                        help="seconds to retry while the management API does not answer")
+    broker.add_argument(
+        "--default-queue-type",
+        choices=["classic", "quorum"],
+        help="of a vhost it creates (default: the broker's)",
+    )
+    broker.add_argument(
+        "--timeout",
+        type=float,
+        default=120,
+        help="seconds to retry while the management API does not answer",
+    )
     broker.set_defaults(func=cmd_broker_user)
     token = sub.add_parser("token", help="print a local bearer JWT (AUTH_MODE=jwt)")
     token.add_argument("--role", choices=["admin"], help="the admin (scope shop:admin)")

@@ -21,6 +21,7 @@ replica catches up) and prints the environment to give `make up`.
 
     python scripts/pg_replica.py up|down|status
 """
+
 import contextlib
 import os
 import pwd
@@ -76,11 +77,14 @@ def check_reachable(path):
     """Fail clearly if the server user cannot reach ``path`` (a parent not searchable)."""
     if not as_root():
         return
-    probe = subprocess.run(["runuser", "-u", OS_USER, "--", "test", "-w", path],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["runuser", "-u", OS_USER, "--", "test", "-w", path], capture_output=True
+    )
     if probe.returncode:
-        raise RuntimeError(f"the {OS_USER} OS user cannot write {path}: every parent "
-                           f"directory must be searchable by it")
+        raise RuntimeError(
+            f"the {OS_USER} OS user cannot write {path}: every parent "
+            f"directory must be searchable by it"
+        )
 
 
 def server_command(*args):
@@ -89,8 +93,13 @@ def server_command(*args):
 
 
 def run(*args, timeout=120):
-    result = subprocess.run(server_command(*args), capture_output=True, text=True,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        server_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     if result.returncode:
         raise RuntimeError(f"{' '.join(args)}: {(result.stderr or result.stdout).strip()}")
     return result.stdout
@@ -128,8 +137,11 @@ class PgServer:
                 pid = int(stream.readline().strip())
             with open(f"/proc/{pid}/cmdline", "rb") as stream:
                 argv = stream.read().split(b"\0")
-            if os.path.basename(argv[0]) in (b"postgres", b"postmaster") and \
-                    self.data_dir.encode() in argv and process_alive(pid):
+            if (
+                os.path.basename(argv[0]) in (b"postgres", b"postmaster")
+                and self.data_dir.encode() in argv
+                and process_alive(pid)
+            ):
                 return pid
         return None
 
@@ -143,13 +155,25 @@ class PgServer:
             stream.write("\n# scripts/pg_replica.py\n" + "\n".join(lines) + "\n")
 
     def settings(self):
-        return {**COMMON_SETTINGS, "port": str(self.port),
-                "unix_socket_directories": f"'{self.socket_dir}'"}
+        return {
+            **COMMON_SETTINGS,
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+        }
 
     def init(self):
         """A new cluster, trust on 127.0.0.1 and the local socket (replication too)."""
-        run(tool("initdb"), "-D", self.data_dir, "-U", DB_USER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync")
+        run(
+            tool("initdb"),
+            "-D",
+            self.data_dir,
+            "-U",
+            DB_USER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
         self.configure(self.settings())
 
     def start(self):
@@ -159,11 +183,23 @@ class PgServer:
         with contextlib.suppress(FileNotFoundError):  # stale (a kill -9, a reused pid)
             os.remove(os.path.join(self.data_dir, "postmaster.pid"))
         try:
-            run(tool("pg_ctl"), "start", "-D", self.data_dir, "-l", self.log_file, "-w",
-                "-t", str(START_TIMEOUT), "-s", timeout=START_TIMEOUT + 30)
+            run(
+                tool("pg_ctl"),
+                "start",
+                "-D",
+                self.data_dir,
+                "-l",
+                self.log_file,
+                "-w",
+                "-t",
+                str(START_TIMEOUT),
+                "-s",
+                timeout=START_TIMEOUT + 30,
+            )
         except RuntimeError as exc:
-            raise RuntimeError(f"{self.name} on port {self.port} did not start: {exc}\n"
-                               f"{self.log_tail()}") from None
+            raise RuntimeError(
+                f"{self.name} on port {self.port} did not start: {exc}\n{self.log_tail()}"
+            ) from None
         wait_for(lambda: self.pid is not None, f"{self.name}: no postmaster.pid")
 
     def log_tail(self, lines=10):
@@ -203,10 +239,30 @@ class PgServer:
     def query(self, sql, database="postgres"):
         """Rows of ``sql`` (lists of strings) through psql over 127.0.0.1."""
         result = subprocess.run(
-            [tool("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER,
-             "-d", database, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
-             "-c", sql],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+            [
+                tool("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                DB_USER,
+                "-d",
+                database,
+                "-X",
+                "-A",
+                "-t",
+                "-F",
+                "\t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
         )
         if result.returncode:
             raise RuntimeError(f"{self.name}: {sql}: {result.stderr.strip()}")
@@ -256,12 +312,31 @@ class ReplicaPair:
         streamed alongside (``-X stream``), ``standby.signal`` and ``primary_conninfo``
         written (``-R``) and the replication slot created (``-C -S``)."""
         with contextlib.suppress(RuntimeError):  # a slot left from an earlier replica
-            self.primary.query(f"SELECT pg_drop_replication_slot('{SLOT}') "
-                               f"FROM pg_replication_slots WHERE slot_name = '{SLOT}'")
+            self.primary.query(
+                f"SELECT pg_drop_replication_slot('{SLOT}') "
+                f"FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
+            )
         shutil.rmtree(self.replica.data_dir, ignore_errors=True)
-        run(tool("pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.primary.port),
-            "-U", DB_USER, "-D", self.replica.data_dir, "-R", "-X", "stream",
-            "-C", "-S", SLOT, "--no-sync", "-c", "fast")
+        run(
+            tool("pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.primary.port),
+            "-U",
+            DB_USER,
+            "-D",
+            self.replica.data_dir,
+            "-R",
+            "-X",
+            "stream",
+            "-C",
+            "-S",
+            SLOT,
+            "--no-sync",
+            "-c",
+            "fast",
+        )
         self.replica.configure(self.replica.settings())
 
     def down(self):
@@ -276,8 +351,12 @@ class ReplicaPair:
 
     def streaming(self):
         """True once the primary has a streaming replication connection."""
-        return self.primary.scalar(
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") != "0"
+        return (
+            self.primary.scalar(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+            )
+            != "0"
+        )
 
     def wait_streaming(self, timeout=START_TIMEOUT):
         wait_for(self.streaming, "the replica is not streaming from the primary", timeout, 0.2)
@@ -285,39 +364,56 @@ class ReplicaPair:
     def lsn_lag(self):
         """Bytes of WAL the primary wrote that the replica has not replayed yet."""
         current = self.primary.scalar("SELECT pg_current_wal_lsn()")
-        return int(self.replica.scalar(
-            f"SELECT pg_wal_lsn_diff('{current}', pg_last_wal_replay_lsn())"))
+        return int(
+            self.replica.scalar(f"SELECT pg_wal_lsn_diff('{current}', pg_last_wal_replay_lsn())")
+        )
 
     def wait_caught_up(self, timeout=30):
         """Return once the replica replayed everything the primary wrote before the call."""
         target = self.primary.scalar("SELECT pg_current_wal_lsn()")
-        wait_for(lambda: int(self.replica.scalar(
-            f"SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '{target}')")) >= 0,
-            "the replica did not catch up", timeout)
+        wait_for(
+            lambda: (
+                int(
+                    self.replica.scalar(
+                        f"SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '{target}')"
+                    )
+                )
+                >= 0
+            ),
+            "the replica did not catch up",
+            timeout,
+        )
 
     def env(self, database=DATABASE):
         """The environment lines for `make up`."""
-        return (f"PRODUCTS_DB_URI={self.primary.uri(database)} "
-                f"PRODUCTS_READ_DB_URI={self.replica.uri(database)}")
+        return (
+            f"PRODUCTS_DB_URI={self.primary.uri(database)} "
+            f"PRODUCTS_READ_DB_URI={self.replica.uri(database)}"
+        )
 
     def status(self):
         lines = []
         for server in (self.primary, self.replica):
             pid = server.pid
             state = f"running (pid {pid})" if pid else "stopped"
-            lines.append(f"{server.name:8} 127.0.0.1:{server.port}  {state}  "
-                         f"data {server.data_dir}")
+            lines.append(
+                f"{server.name:8} 127.0.0.1:{server.port}  {state}  data {server.data_dir}"
+            )
         if self.primary.is_running():
             for row in self.primary.query(
-                    "SELECT application_name, state, sent_lsn, coalesce(replay_lsn::text, '-'), "
-                    "coalesce(replay_lag::text, '-') FROM pg_stat_replication"):
+                "SELECT application_name, state, sent_lsn, coalesce(replay_lsn::text, '-'), "
+                "coalesce(replay_lag::text, '-') FROM pg_stat_replication"
+            ):
                 lines.append("replication: {} {} sent {} replayed {} replay lag {}".format(*row))
         if self.replica.is_running():
             recovery, lag = self.replica.query(
                 "SELECT pg_is_in_recovery(), coalesce((now() - "
-                "pg_last_xact_replay_timestamp())::text, '-')")[0]
-            lines.append(f"replica in recovery (read-only): {recovery == 't'}; last replayed "
-                         f"transaction {lag} ago")
+                "pg_last_xact_replay_timestamp())::text, '-')"
+            )[0]
+            lines.append(
+                f"replica in recovery (read-only): {recovery == 't'}; last replayed "
+                f"transaction {lag} ago"
+            )
         return "\n".join(lines)
 
 
@@ -347,8 +443,10 @@ def main(argv):
     if command == "up":
         pair.up()
         print(pair.status())
-        print("\nThe products service on it (`make up` creates and migrates the database "
-              "on the primary; `make down` first if the stack runs):")
+        print(
+            "\nThe products service on it (`make up` creates and migrates the database "
+            "on the primary; `make down` first if the stack runs):"
+        )
         print(f"  export {pair.env()}")
         print("  make up")
     elif command == "down":

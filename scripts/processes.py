@@ -1,6 +1,7 @@
 """Processes and ports of the private servers the tooling and the tests start (RabbitMQ
 nodes, PostgreSQL pairs, stacks): stdlib only, so `make cluster-up` and `make replica-up`
 run on the system Python."""
+
 import contextlib
 import os
 import socket

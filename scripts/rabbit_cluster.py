@@ -20,6 +20,7 @@ and rejoins) and prints the ``AMQP_URI`` to give `make up`: the three URIs, as `
 
     python scripts/rabbit_cluster.py up|down|status
 """
+
 import contextlib
 import json
 import os
@@ -55,8 +56,7 @@ def tool(name):
 class RabbitNode:
     """One node: ``start()`` (idempotent), ``stop()`` by pid, ``ctl(*args)``."""
 
-    def __init__(self, base_dir, nodename, port, dist_port, management_port=None,
-                 cookie=None):
+    def __init__(self, base_dir, nodename, port, dist_port, management_port=None, cookie=None):
         self.base_dir = os.path.abspath(base_dir)
         self.nodename = nodename
         self.port = port
@@ -107,8 +107,9 @@ class RabbitNode:
             stream.write(f"{plugins}.\n")
         with open(os.path.join(self.base_dir, "rabbitmq.conf"), "w") as stream:
             if self.management_port:
-                stream.write(f"management.tcp.ip = 127.0.0.1\n"
-                             f"management.tcp.port = {self.management_port}\n")
+                stream.write(
+                    f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+                )
         if self.cookie:
             path = os.path.join(self.base_dir, ".erlang.cookie")
             with contextlib.suppress(FileNotFoundError):
@@ -126,8 +127,13 @@ class RabbitNode:
             os.remove(self.pid_file)
         log = open(os.path.join(self.base_dir, "server.log"), "a")
         server = subprocess.Popen(
-            [tool("rabbitmq-server")], env=self.env, cwd=self.base_dir, stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [tool("rabbitmq-server")],
+            env=self.env,
+            cwd=self.base_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while True:  # the node registers with epmd a moment after its process starts
@@ -143,8 +149,11 @@ class RabbitNode:
     def ctl(self, *args, timeout=60, tool_name="rabbitmqctl"):
         """``rabbitmqctl -n <this node> args`` (or another CLI tool); its stdout."""
         result = subprocess.run(
-            [tool(tool_name), "-n", self.nodename, *args], env=self.env,
-            capture_output=True, text=True, timeout=timeout,
+            [tool(tool_name), "-n", self.nodename, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if result.returncode != 0:
             raise RuntimeError(f"{tool_name} {' '.join(args)}: {result.stderr or result.stdout}")
@@ -237,8 +246,10 @@ class RabbitCluster:
     def up(self):
         """Start every node, join the cluster, create the vhost; idempotent."""
         seed, *others = self.nodes
-        fresh = {node.nodename: not os.path.isdir(os.path.join(node.base_dir, "mnesia"))
-                 for node in others}
+        fresh = {
+            node.nodename: not os.path.isdir(os.path.join(node.base_dir, "mnesia"))
+            for node in others
+        }
         with ThreadPoolExecutor(len(self.nodes)) as pool:  # boots overlap: ~10 s each
             list(pool.map(RabbitNode.start, self.nodes))
         for node in others:
@@ -254,8 +265,11 @@ class RabbitCluster:
 
     def _shop_user(self, seed):
         """The user, its password, no tags, only the shop's permissions; no guest."""
-        users = [line.split()[0] for line in
-                 seed.ctl("list_users", "--quiet", "--no-table-headers").splitlines() if line]
+        users = [
+            line.split()[0]
+            for line in seed.ctl("list_users", "--quiet", "--no-table-headers").splitlines()
+            if line
+        ]
         if self.user in users:
             seed.ctl("change_password", self.user, self.password)
         else:
@@ -278,7 +292,13 @@ class RabbitCluster:
     def queue_leaders(self):
         """``{queue: leader node}`` of the vhost's quorum queues."""
         out = self.any_running().ctl(
-            "list_queues", "-p", self.vhost, "name", "type", "leader", "--quiet",
+            "list_queues",
+            "-p",
+            self.vhost,
+            "name",
+            "type",
+            "leader",
+            "--quiet",
             "--no-table-headers",
         )
         leaders = {}
@@ -301,8 +321,9 @@ class RabbitCluster:
             for queue, leader in sorted(leaders.items()):
                 if queue not in replies:
                     lines.append(f"quorum queue {queue}: leader {leader}")
-            lines.append(f"reply queues (quorum, expire 5 min after their last consumer): "
-                         f"{len(replies)}")
+            lines.append(
+                f"reply queues (quorum, expire 5 min after their last consumer): {len(replies)}"
+            )
         return "\n".join(lines)
 
 
@@ -317,12 +338,19 @@ def installed_cookie():
 def make_cluster(run_dir, count=3):
     """The `make cluster-up` cluster: ``shop-rabbit-N@localhost`` on 570N / 1570N / 2570N."""
     cookie = installed_cookie() or "shop-cluster-cookie"
-    return RabbitCluster([
-        RabbitNode(os.path.join(run_dir, f"rabbitmq-{n}"), f"shop-rabbit-{n}@localhost",
-                   port=5700 + n, dist_port=25700 + n, management_port=15700 + n,
-                   cookie=cookie)
-        for n in range(1, count + 1)
-    ])
+    return RabbitCluster(
+        [
+            RabbitNode(
+                os.path.join(run_dir, f"rabbitmq-{n}"),
+                f"shop-rabbit-{n}@localhost",
+                port=5700 + n,
+                dist_port=25700 + n,
+                management_port=15700 + n,
+                cookie=cookie,
+            )
+            for n in range(1, count + 1)
+        ]
+    )
 
 
 def private_cluster(base_dir, count=3, name="shoptest"):
@@ -332,8 +360,15 @@ def private_cluster(base_dir, count=3, name="shoptest"):
     nodes = []
     for n in range(1, count + 1):
         port = free_port()
-        nodes.append(RabbitNode(os.path.join(base_dir, f"rabbitmq-{n}"), f"{name}{port}@localhost",
-                                port=port, dist_port=free_port(), cookie=cookie))
+        nodes.append(
+            RabbitNode(
+                os.path.join(base_dir, f"rabbitmq-{n}"),
+                f"{name}{port}@localhost",
+                port=port,
+                dist_port=free_port(),
+                cookie=cookie,
+            )
+        )
     return RabbitCluster(nodes)
 
 

@@ -6,6 +6,7 @@ A stack is ready when every gateway given answers ``GET /health`` with 200 and e
 service given answers an RPC ``ping()`` (which needs its queue consumed, so its container
 is running).
 """
+
 import time
 import urllib.request
 
@@ -34,8 +35,7 @@ def gateway_answers(url, timeout=2):
         return False
 
 
-def wait_until_ready(broker, services=SERVICES, gateway_urls=(), timeout=60.0,
-                     interval=0.3):
+def wait_until_ready(broker, services=SERVICES, gateway_urls=(), timeout=60.0, interval=0.3):
     """Wait until every gateway and service answers, at most ``timeout`` seconds; returns
     what still did not answer then (sorted; empty when all did). ``broker`` as for
     :func:`ping`."""

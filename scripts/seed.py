@@ -4,6 +4,7 @@ Bulk inserts in batches (one statement per batch), so 100k rows take seconds; em
 made unique by construction and a clash with an existing row is skipped, so seeding twice
 adds rows instead of failing.
 """
+
 import random
 import sys
 import time
@@ -69,8 +70,11 @@ def seed(uris, customers, products):
     faker = Faker()
     run_tag = format(int(time.time()), "x")
     insert_in_batches(
-        uris["customers"], Customer.__table__, fake_customers(faker, customers, run_tag),
-        customers, "customers",
+        uris["customers"],
+        Customer.__table__,
+        fake_customers(faker, customers, run_tag),
+        customers,
+        "customers",
     )
     insert_in_batches(
         uris["products"], Product.__table__, fake_products(faker, products), products, "products"

@@ -17,6 +17,7 @@ Each service process gets an operations listener of its own (``/health``, ``/met
 :func:`metrics_targets` lists every process's metrics address, for Prometheus
 (scripts/prometheus_conf.py).
 """
+
 import os
 import sys
 
@@ -120,10 +121,13 @@ def render(config, run_dir):
         ops_address = f"{ops_host}:{ports[0] // 10}%(process_num)d"
         parts.append(
             PROGRAM.format(
-                name=service, module=SERVICE_CLASSES[service], processes=len(ports),
+                name=service,
+                module=SERVICE_CLASSES[service],
+                processes=len(ports),
                 extra_env=f',OPS_HTTP_ADDRESS="{ops_address}"',
                 priority=PRIORITY.get(service, 700),
-                stopwaitsecs=STOP_WAIT_SECONDS, **common,
+                stopwaitsecs=STOP_WAIT_SECONDS,
+                **common,
             )
         )
     gateways = []
@@ -132,14 +136,19 @@ def render(config, run_dir):
         gateways.append(f"gateway-{port}")
         parts.append(
             PROGRAM.format(
-                name=f"gateway-{port}", module=SERVICE_CLASSES[GATEWAY], processes=1,
-                extra_env=f',WEB_SERVER_ADDRESS="{address}"', priority=PRIORITY["gateways"],
-                stopwaitsecs=STOP_WAIT_SECONDS, **common,
+                name=f"gateway-{port}",
+                module=SERVICE_CLASSES[GATEWAY],
+                processes=1,
+                extra_env=f',WEB_SERVER_ADDRESS="{address}"',
+                priority=PRIORITY["gateways"],
+                stopwaitsecs=STOP_WAIT_SECONDS,
+                **common,
             )
         )
     if gateways:
-        parts.append(GATEWAY_GROUP.format(programs=",".join(gateways),
-                                          priority=PRIORITY["gateways"]))
+        parts.append(
+            GATEWAY_GROUP.format(programs=",".join(gateways), priority=PRIORITY["gateways"])
+        )
     return "".join(parts)
 
 

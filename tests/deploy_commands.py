@@ -2,6 +2,7 @@
 class (``nameko run ... module:Class``, imported here) or a real subcommand of
 scripts/manage.py (parsed by its own parser). Shared by tests/test_compose.py and
 tests/test_k8s.py."""
+
 import importlib
 
 from scripts.manage import build_parser

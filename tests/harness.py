@@ -5,6 +5,7 @@ The processes run under supervisord with the configuration `make up` writes
 databases, free gateway ports), each with its log under ``<run_dir>/logs``. The fault
 tests kill processes by name and let supervisord restart them, as in production.
 """
+
 import contextlib
 import importlib
 import os
@@ -91,7 +92,8 @@ class Stack:
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(gateways)]
         self.urls = [f"http://{address}" for address in self.addresses]
         self.config = {
-            "PROCESSES": processes, "GATEWAY_ADDRESSES": self.addresses,
+            "PROCESSES": processes,
+            "GATEWAY_ADDRESSES": self.addresses,
             "OPS_HTTP_HOST": "127.0.0.1",
             "OPS_HTTP_PORTS": {service: free_port_block() for service in processes},
         }
@@ -101,15 +103,28 @@ class Stack:
 
     def ctl(self, *args):
         return subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "supervisorctl"), "-c", self.conf, *args],
-            capture_output=True, text=True, timeout=60,
+            [
+                os.path.join(os.path.dirname(sys.executable), "supervisorctl"),
+                "-c",
+                self.conf,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         ).stdout.strip()
 
     def start(self):
         self.supervisord = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "supervisord"), "--nodaemon",
-             "-c", self.conf],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                os.path.join(os.path.dirname(sys.executable), "supervisord"),
+                "--nodaemon",
+                "-c",
+                self.conf,
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.wait_ready()
 
@@ -144,8 +159,10 @@ class Stack:
     def wait_ready(self, services=None):
         """Every service in ``services`` (default: all, and the gateways) answers."""
         pending = wait_until_ready(
-            self.env["AMQP_URI"], services or list(self.counts),
-            self.urls if services is None else (), timeout=START_TIMEOUT,
+            self.env["AMQP_URI"],
+            services or list(self.counts),
+            self.urls if services is None else (),
+            timeout=START_TIMEOUT,
         )
         assert not pending, (
             f"stack not ready: {pending}; {self.ctl('status')}; logs in {self.run_dir}/logs"
@@ -177,14 +194,24 @@ def books(engines):
     for a live (reserved or confirmed) hold, and ``sold`` the same for confirmed orders."""
     with engines["products"].connect() as conn:
         stock_left = dict(conn.execute(text("SELECT id, stock FROM products")).all())
-        held = dict(conn.execute(text(
-            "SELECT r.order_ref || ':' || r.product_id, r.quantity FROM reservations r "
-            "JOIN order_holds h ON h.order_ref = r.order_ref "
-            "WHERE h.status IN ('reserved', 'confirmed')")).all())
+        held = dict(
+            conn.execute(
+                text(
+                    "SELECT r.order_ref || ':' || r.product_id, r.quantity FROM reservations r "
+                    "JOIN order_holds h ON h.order_ref = r.order_ref "
+                    "WHERE h.status IN ('reserved', 'confirmed')"
+                )
+            ).all()
+        )
     with engines["orders"].connect() as conn:
-        sold = dict(conn.execute(text(
-            "SELECT o.order_ref || ':' || l.product_id, l.quantity FROM orders o "
-            "JOIN order_lines l ON l.order_id = o.id WHERE o.status = 'confirmed'")).all())
+        sold = dict(
+            conn.execute(
+                text(
+                    "SELECT o.order_ref || ':' || l.product_id, l.quantity FROM orders o "
+                    "JOIN order_lines l ON l.order_id = o.id WHERE o.status = 'confirmed'"
+                )
+            ).all()
+        )
     return stock_left, held, sold
 
 
@@ -196,11 +223,15 @@ def books_balance(engines, stock_added):
     stock_left, held, sold = books(engines)
     problems = []
     if held != sold:
-        problems.append(f"holds without a confirmed order: {sorted(set(held) - set(sold))}; "
-                        f"confirmed lines without a hold: {sorted(set(sold) - set(held))}")
+        problems.append(
+            f"holds without a confirmed order: {sorted(set(held) - set(sold))}; "
+            f"confirmed lines without a hold: {sorted(set(sold) - set(held))}"
+        )
     for product_id, added in stock_added.items():
         units_sold = sum(q for key, q in sold.items() if key.endswith(f":{product_id}"))
         if stock_left[product_id] < 0 or stock_left[product_id] + units_sold != added:
-            problems.append(f"product {product_id}: added {added}, left "
-                            f"{stock_left[product_id]}, sold {units_sold}")
+            problems.append(
+                f"product {product_id}: added {added}, left "
+                f"{stock_left[product_id]}, sold {units_sold}"
+            )
     return problems

@@ -1,6 +1,7 @@
 """Private RabbitMQ brokers for tests that break the broker (alarms, killed nodes): nodes
 of their own (scripts/rabbit_cluster.py), on free ports, never the default node on 5672,
 stopped by pid when the test ends."""
+
 import contextlib
 
 from scripts.rabbit_cluster import private_cluster

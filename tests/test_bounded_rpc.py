@@ -1,4 +1,5 @@
 """common.rpc.BoundedRpcProxy against real RabbitMQ: no call waits past its bound."""
+
 import time
 from unittest.mock import Mock
 
@@ -117,12 +118,14 @@ def test_a_broker_blocking_publishers_is_unavailable_at_once_and_nothing_is_sent
     worker_ctx.context_data = {}
     listener = Mock(routing_key="reply", _reply_events={})
     watch = Mock(blocked=True, reason="memory alarm")
-    proxy = BoundedMethodProxy(worker_ctx, "slow", "wait", listener, timeout=30,
-                               broker_watch=watch)
+    proxy = BoundedMethodProxy(worker_ctx, "slow", "wait", listener, timeout=30, broker_watch=watch)
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable) as raised:
         proxy(0)
-    assert raised.value.details == {"service": "slow", "reason": "broker_blocked",
-                                    "broker_reason": "memory alarm"}
+    assert raised.value.details == {
+        "service": "slow",
+        "reason": "broker_blocked",
+        "broker_reason": "memory alarm",
+    }
     assert time.monotonic() - started < 0.1
     assert listener._reply_events == {}

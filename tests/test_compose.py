@@ -1,6 +1,7 @@
 """docker-compose.yml, without Docker running: `docker-compose config` accepts it, and every
 app container runs the one image built from the root Dockerfile with a command that names
 a real service (tests/deploy_commands.py)."""
+
 import os
 import shutil
 import subprocess
@@ -18,16 +19,21 @@ IMAGE = "shop"
 def docker_compose():
     path = shutil.which(os.environ.get("DOCKER_COMPOSE") or "docker-compose")
     if not path:
-        pytest.fail("docker-compose not found: `apt-get install -y docker-compose` (Debian's "
-                    "package; .ci/run installs it), or set DOCKER_COMPOSE to its path")
+        pytest.fail(
+            "docker-compose not found: `apt-get install -y docker-compose` (Debian's "
+            "package; .ci/run installs it), or set DOCKER_COMPOSE to its path"
+        )
     return path
 
 
 def run_compose(*args):
     # `config` reads and resolves the file only: no Docker daemon is needed.
     result = subprocess.run(
-        [docker_compose(), "-f", COMPOSE_FILE, *args], cwd=ROOT, capture_output=True,
-        text=True, timeout=60,
+        [docker_compose(), "-f", COMPOSE_FILE, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, f"docker-compose {' '.join(args)}:\n{result.stderr}"
     return result.stdout
@@ -57,7 +63,7 @@ def test_one_image_built_once_from_the_root_dockerfile(services):
     assert os.path.realpath(build["context"]) == os.path.realpath(ROOT)
     assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
     # every app container that starts waits for the one that builds the image
-    for name, svc in apps.items():
+    for name in apps:
         if name != "migrate":
             assert "migrate" in dependencies(services, name), name
 
@@ -75,8 +81,11 @@ def test_no_other_dockerfile():
     found = []
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # .venv, .git, .run...
-        found += [os.path.relpath(os.path.join(folder, name), ROOT)
-                  for name in files if name == "Dockerfile"]
+        found += [
+            os.path.relpath(os.path.join(folder, name), ROOT)
+            for name in files
+            if name == "Dockerfile"
+        ]
     assert found == ["Dockerfile"], "one image: the root Dockerfile builds every process"
 
 
@@ -93,7 +102,10 @@ def test_every_command_names_a_real_service(services):
             kinds[name] = target.command
     assert kinds["migrate"] == "migrate"
     assert {kinds[name] for name in ("customers", "products", "orders")} == {
-        "customers", "products", "orders"}
+        "customers",
+        "products",
+        "orders",
+    }
     assert all(kinds[name] == "gateway" for name in kinds if name.startswith("gateway"))
 
 
@@ -133,8 +145,7 @@ def test_the_shop_broker_user_is_not_the_administrator_and_management_is_private
     assert setup["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
     apps = app_services(services)
-    shop_uris = {svc["environment"]["AMQP_URI"] for name, svc in apps.items()
-                 if name != "migrate"}
+    shop_uris = {svc["environment"]["AMQP_URI"] for name, svc in apps.items() if name != "migrate"}
     assert shop_uris == {setup["environment"]["AMQP_URI"]}, "one broker user, the one setup makes"
     (shop_uri,) = shop_uris
     assert urlsplit(shop_uri).username not in (admin, "guest")
@@ -144,9 +155,13 @@ def test_the_shop_broker_user_is_not_the_administrator_and_management_is_private
             continue
         env = svc["environment"]
         assert not {"RABBIT_ADMIN_URI", "RABBIT_MANAGEMENT_URI"} & set(env), name
-        assert not any(admin in str(value).split("://", 1)[-1].split("@")[0]
-                       for value in env.values() if "@" in str(value)), name
+        assert not any(
+            admin in str(value).split("://", 1)[-1].split("@")[0]
+            for value in env.values()
+            if "@" in str(value)
+        ), name
         assert "rabbitmq-setup" in dependencies(services, name), name
         if name in ("customers", "products", "orders"):
             assert svc["depends_on"]["rabbitmq-setup"]["condition"] == (
-                "service_completed_successfully")
+                "service_completed_successfully"
+            )

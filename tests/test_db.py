@@ -1,5 +1,6 @@
 """common.db against the real PostgreSQL: what replaced pool_pre_ping, and reads on an
 autocommit connection."""
+
 import socket
 import time
 
@@ -93,7 +94,8 @@ class LeavesATransactionOpen:
 
 
 def test_a_worker_session_that_postgresql_closed_does_not_kill_the_container(
-        container_factory, rabbit_config, databases, db_engines):
+    container_factory, rabbit_config, databases, db_engines
+):
     LeavesATransactionOpen.terminator = db_engines["products"]
     config = {**rabbit_config, "DB_URIS": {"teardown:Base": databases["products"]}}
     container = container_factory(LeavesATransactionOpen, config)
@@ -115,16 +117,19 @@ class ReadsProducts:
 
 
 def test_a_database_that_accepts_and_then_says_nothing_is_a_503_within_the_connect_bound(
-        container_factory, rabbit_config):
+    container_factory, rabbit_config
+):
     """A socket that listens but never answers (a frozen or black-holed PostgreSQL):
     libpq's connect_timeout is not enforced on green connections, ours is."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel completes the handshake; nothing ever reads or writes
     port = silent.getsockname()[1]
-    config = {**rabbit_config,
-              "DB_URIS": {"silent_db:Base": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/x"},
-              "DB_ENGINE_OPTIONS": {"connect_args": {"connect_timeout": 1}}}
+    config = {
+        **rabbit_config,
+        "DB_URIS": {"silent_db:Base": f"postgresql+psycopg2://postgres@127.0.0.1:{port}/x"},
+        "DB_ENGINE_OPTIONS": {"connect_args": {"connect_timeout": 1}},
+    }
     container_factory(ReadsProducts, config).start()
     try:
         with ClusterRpcProxy(config, timeout=20) as cluster:

@@ -7,6 +7,7 @@ container probed, limited and non-root; every setting config.yml reads provided;
 command a real service), and the fields we rely on in the operators' objects, which have
 no schema here.
 """
+
 import base64
 import functools
 import os
@@ -45,9 +46,15 @@ GATEWAY_DRAIN_SECONDS = 21
 # and the benchmark, never by a process in Kubernetes: their defaults on this machine
 # are right where they are read.
 LOCAL_ONLY = {
-    "RABBIT_MANAGEMENT_URI", "GATEWAY_ADDRESSES", "OPS_HTTP_HOST",
-    "CUSTOMERS_OPS_PORT", "PRODUCTS_OPS_PORT", "ORDERS_OPS_PORT",
-    "CUSTOMERS_PROCESSES", "PRODUCTS_PROCESSES", "ORDERS_PROCESSES",
+    "RABBIT_MANAGEMENT_URI",
+    "GATEWAY_ADDRESSES",
+    "OPS_HTTP_HOST",
+    "CUSTOMERS_OPS_PORT",
+    "PRODUCTS_OPS_PORT",
+    "ORDERS_OPS_PORT",
+    "CUSTOMERS_PROCESSES",
+    "PRODUCTS_PROCESSES",
+    "ORDERS_PROCESSES",
     # `make setup` and the test suite's only: in a cluster, the roles and databases are
     # the operator's (overlays/operators/postgres.yaml) or the DBA's (overlays/external).
     "DB_ADMIN_URI",
@@ -72,7 +79,9 @@ def render(overlay):
     """The objects `kubectl apply -k deploy/k8s/overlays/<overlay>` would send."""
     result = subprocess.run(
         [kubectl(), "kustomize", os.path.join(K8S, "overlays", overlay)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, f"kubectl kustomize {overlay}:\n{result.stderr}"
     return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
@@ -182,8 +191,11 @@ def env_sources(container, objects):
     """Names the container's envFrom brings, from the rendered Secrets / ConfigMaps."""
     names = set()
     for source in container.get("envFrom", []):
-        kind, ref = ("Secret", source["secretRef"]) if "secretRef" in source else (
-            "ConfigMap", source["configMapRef"])
+        kind, ref = (
+            ("Secret", source["secretRef"])
+            if "secretRef" in source
+            else ("ConfigMap", source["configMapRef"])
+        )
         found = [obj for obj in of_kind(objects, kind) if obj["metadata"]["name"] == ref["name"]]
         assert found, f"envFrom {kind} {ref['name']} is not in the overlay"
         obj = found[0]
@@ -198,7 +210,9 @@ def resolved_env(container, objects):
     values = {}
     for source in container.get("envFrom", []):
         ref = source["secretRef"]
-        secret = [obj for obj in of_kind(objects, "Secret") if obj["metadata"]["name"] == ref["name"]]
+        secret = [
+            obj for obj in of_kind(objects, "Secret") if obj["metadata"]["name"] == ref["name"]
+        ]
         for key, value in (secret[0].get("data") or {}).items() if secret else ():
             values[source.get("prefix", "") + key] = base64.b64decode(value).decode()
     for entry in container.get("env", []):
@@ -257,13 +271,17 @@ def test_every_container_runs_unprivileged_and_limited(overlay):
             for part in ("requests", "limits"):
                 for resource in ("cpu", "memory"):
                     assert resource in container.get("resources", {}).get(part, {}), (
-                        f"{context}: no {part}.{resource}")
+                        f"{context}: no {part}.{resource}"
+                    )
 
 
 def test_every_command_names_a_real_service_and_reads_the_configmap(overlay):
     objects = render(overlay)
-    (configmap,) = [cm for cm in of_kind(objects, "ConfigMap")
-                    if cm["metadata"]["name"].startswith("shop-config")]
+    (configmap,) = [
+        cm
+        for cm in of_kind(objects, "ConfigMap")
+        if cm["metadata"]["name"].startswith("shop-config")
+    ]
     for workload in workloads(objects):
         volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
         for container in containers(workload):
@@ -294,7 +312,8 @@ def test_every_setting_config_yml_reads_is_provided(overlay):
             assert name in connection | LOCAL_ONLY, (
                 f"config.yml reads {name}, its default is this machine's: give it a value in "
                 "deploy/k8s (the Secret shop-backing and overlays/operators/backing-*.yaml), "
-                "or add it to LOCAL_ONLY here if no process in Kubernetes reads it")
+                "or add it to LOCAL_ONLY here if no process in Kubernetes reads it"
+            )
     objects = render(overlay)
     for workload in workloads(objects):
         for container in containers(workload):
@@ -341,7 +360,8 @@ def test_every_deployment_is_probed_on_its_own_port(overlay):
                 assert container["readinessProbe"]["timeoutSeconds"] > 2
             port = int(address.rpartition(":")[2])
             assert container["livenessProbe"]["httpGet"]["port"] in {
-                name for name, number in ports.items() if number == port}, context
+                name for name, number in ports.items() if number == port
+            }, context
 
 
 def test_grace_period_outlasts_every_stop(overlay):
@@ -363,8 +383,11 @@ def test_every_process_is_scraped(overlay):
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
-        ports = {port["containerPort"] for c in containers(deployment, init=False)
-                 for port in c.get("ports", [])}
+        ports = {
+            port["containerPort"]
+            for c in containers(deployment, init=False)
+            for port in c.get("ports", [])
+        }
         assert int(annotations["prometheus.io/port"]) in ports
 
 
@@ -379,13 +402,19 @@ def test_replicas_budgets_and_the_gateway_autoscaler(overlay):
     assert "replicas" not in deployments["gateway"]["spec"]
     (hpa,) = of_kind(objects, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "gateway",
+    }
     assert hpa["spec"]["minReplicas"] == 2 <= hpa["spec"]["maxReplicas"]
     budgets = of_kind(objects, "PodDisruptionBudget")
     for name, deployment in deployments.items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        matching = [pdb for pdb in budgets
-                    if pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        matching = [
+            pdb
+            for pdb in budgets
+            if pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
         assert len(matching) == 1, f"{name}: {len(matching)} PodDisruptionBudgets"
         assert matching[0]["spec"].get("maxUnavailable") == 1
 
@@ -435,12 +464,16 @@ def test_base_config_is_the_repository_config():
     with open(CONFIG, "rb") as ours, open(BASE_CONFIG, "rb") as copy:
         assert copy.read() == ours.read(), (
             "deploy/k8s/base/config.yml differs from config.yml: "
-            "cp config.yml deploy/k8s/base/config.yml")
+            "cp config.yml deploy/k8s/base/config.yml"
+        )
 
 
 def test_configmap_is_config_yml(overlay):
-    (configmap,) = [cm for cm in of_kind(render(overlay), "ConfigMap")
-                    if cm["metadata"]["name"].startswith("shop-config-")]  # content hash
+    (configmap,) = [
+        cm
+        for cm in of_kind(render(overlay), "ConfigMap")
+        if cm["metadata"]["name"].startswith("shop-config-")
+    ]  # content hash
     with open(CONFIG) as stream:
         text = stream.read()
     assert configmap["data"] == {"config.yml": text}
@@ -457,8 +490,10 @@ def test_external_overlay_reads_example_uris_from_its_secret():
     amqp, databases = connection_variables()
     # shop-backing (AMQP_URI) and one Secret per service (its database URI alone), each
     # name with a hash of its content
-    secrets = {secret["metadata"]["name"].rpartition("-")[0]: secret
-               for secret in of_kind(objects, "Secret")}
+    secrets = {
+        secret["metadata"]["name"].rpartition("-")[0]: secret
+        for secret in of_kind(objects, "Secret")
+    }
     assert set(secrets) == {"shop-backing", *(f"shop-{s}-db" for s in databases)}
     values = {}
     for name, secret in secrets.items():
@@ -479,8 +514,10 @@ def test_operator_objects():
     (rabbit,) = of_kind(objects, "RabbitmqCluster")
     assert rabbit["apiVersion"] == "rabbitmq.com/v1beta1"
     assert rabbit["spec"]["replicas"] == 3
-    settings = [line.split("#")[0].replace(" ", "")
-                for line in rabbit["spec"]["rabbitmq"]["additionalConfig"].splitlines()]
+    settings = [
+        line.split("#")[0].replace(" ", "")
+        for line in rabbit["spec"]["rabbitmq"]["additionalConfig"].splitlines()
+    ]
     assert "default_queue_type=quorum" in settings  # every Nameko queue a quorum queue
 
     (cluster,) = of_kind(objects, "Cluster")
@@ -510,14 +547,17 @@ def test_operator_objects():
                     assert env[amqp] == (
                         f"pyamqp://secret.{credentials}.username:"
                         f"secret.{credentials}.password@{rabbit_name}:5672/"
-                        f"{vhost['spec']['name']}")
+                        f"{vhost['spec']['name']}"
+                    )
                     continue
                 url = make_url(env[variable])
                 (service,) = [s for s, v in uri_variables.items() if v == variable]
                 assert (url.username, url.password, url.host, url.port) == (
                     f"secret.{db_name}-{service}-user.username",
                     f"secret.{db_name}-{service}-user.password",
-                    f"{db_name}-rw", 5432), where(workload, container)
+                    f"{db_name}-rw",
+                    5432,
+                ), where(workload, container)
                 seen.add(url.database)
     assert seen == databases == {f"shop_{service}" for service in uri_variables}
 
@@ -560,10 +600,16 @@ def database_secrets(objects):
 
 def secrets_read(container):
     """The names of every Secret a container's environment comes from."""
-    names = {source["secretRef"]["name"] for source in container.get("envFrom", [])
-             if "secretRef" in source}
-    names |= {entry["valueFrom"]["secretKeyRef"]["name"] for entry in container.get("env", [])
-              if "secretKeyRef" in entry.get("valueFrom", {})}
+    names = {
+        source["secretRef"]["name"]
+        for source in container.get("envFrom", [])
+        if "secretRef" in source
+    }
+    names |= {
+        entry["valueFrom"]["secretKeyRef"]["name"]
+        for entry in container.get("env", [])
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
     return names
 
 
@@ -597,14 +643,16 @@ def test_each_pod_holds_its_own_database_credentials_only(overlay):
             env = resolved_env(container, objects)
             given = {variable for variable in env if variable in variables}
             assert {variables[variable] for variable in given} == expected, (
-                f"{context}: {sorted(given)}")
+                f"{context}: {sorted(given)}"
+            )
             for variable in given:
                 service = variables[variable]
                 url = make_url(env[variable])
                 secret, _, key = url.username.removeprefix("secret.").rpartition(".")
                 role = roles[secret] if url.username.startswith("secret.") else url.username
                 assert (role, url.database) == (f"shop_{service}", f"shop_{service}"), (
-                    f"{context}: {variable}")
+                    f"{context}: {variable}"
+                )
                 if url.username.startswith("secret."):  # its password from the same Secret
                     assert key == "username"
                     assert url.password == f"secret.{secret}.password", f"{context}: {variable}"
@@ -709,18 +757,28 @@ def test_no_pod_uses_the_brokers_default_user(overlay):
     Topology Operator's, never a pod's."""
     for workload in workloads(render(overlay)):
         spec = pod_spec(workload)
-        names = [volume["secret"]["secretName"] for volume in spec.get("volumes", [])
-                 if "secret" in volume]
+        names = [
+            volume["secret"]["secretName"]
+            for volume in spec.get("volumes", [])
+            if "secret" in volume
+        ]
         for container in containers(workload):
-            names += [source["secretRef"]["name"] for source in container.get("envFrom") or []
-                      if "secretRef" in source]
-            names += [entry["valueFrom"]["secretKeyRef"]["name"]
-                      for entry in container.get("env") or []
-                      if "secretKeyRef" in entry.get("valueFrom", {})]
+            names += [
+                source["secretRef"]["name"]
+                for source in container.get("envFrom") or []
+                if "secretRef" in source
+            ]
+            names += [
+                entry["valueFrom"]["secretKeyRef"]["name"]
+                for entry in container.get("env") or []
+                if "secretKeyRef" in entry.get("valueFrom", {})
+            ]
             for entry in container.get("env") or []:
                 assert "guest" not in entry.get("value", ""), where(workload, container)
         assert not [name for name in names if name.endswith("-default-user")], (
-            workload["metadata"]["name"], names)
+            workload["metadata"]["name"],
+            names,
+        )
 
 
 # --- the schema wait (scripts/manage.py wait-schema) ---------------------------------------
@@ -742,9 +800,20 @@ def test_schema_wait_compares_the_database_with_this_code(service):
 def test_schema_wait_gives_up_after_its_timeout_saying_why():
     closed = "postgresql+psycopg2://nobody@127.0.0.1:9/shop_customers"  # discard: refused
     result = subprocess.run(
-        [sys.executable, "scripts/manage.py", "wait-schema", "customers",
-         "--timeout", "0", "--interval", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "scripts/manage.py",
+            "wait-schema",
+            "customers",
+            "--timeout",
+            "0",
+            "--interval",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "CUSTOMERS_DB_URI": closed},
     )
     assert result.returncode == 1

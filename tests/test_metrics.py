@@ -4,6 +4,7 @@ over real RabbitMQ and PostgreSQL, and served by a service's operations listener
 
 Each shop counter counts a committed change once: replays and redeliveries do not count
 again. Numbers are read as deltas of this process's registry (other tests count too)."""
+
 import pytest
 import requests
 from nameko.standalone.rpc import ClusterRpcProxy
@@ -44,16 +45,36 @@ WATCHED = [
     ("shop_customers_created_total", {}),
     ("shop_stock_units_reserved_total", {}),
     ("shop_stock_units_released_total", {"cause": "release"}),
-    ("shop_entrypoint_calls_total", {"service": "orders", "entrypoint": "create_order",
-                                     "kind": "rpc", "outcome": "ok"}),
-    ("shop_entrypoint_calls_total", {"service": "orders", "entrypoint": "create_order",
-                                     "kind": "rpc", "outcome": "insufficient_stock"}),
-    ("shop_entrypoint_duration_seconds_count", {"service": "orders", "entrypoint": "create_order",
-                                                "kind": "rpc"}),
-    ("shop_rpc_client_calls_total", {"service": "orders", "target": "products",
-                                     "method": "reserve_stock", "outcome": "ok"}),
-    ("shop_rpc_client_calls_total", {"service": "orders", "target": "products",
-                                     "method": "reserve_stock", "outcome": "insufficient_stock"}),
+    (
+        "shop_entrypoint_calls_total",
+        {"service": "orders", "entrypoint": "create_order", "kind": "rpc", "outcome": "ok"},
+    ),
+    (
+        "shop_entrypoint_calls_total",
+        {
+            "service": "orders",
+            "entrypoint": "create_order",
+            "kind": "rpc",
+            "outcome": "insufficient_stock",
+        },
+    ),
+    (
+        "shop_entrypoint_duration_seconds_count",
+        {"service": "orders", "entrypoint": "create_order", "kind": "rpc"},
+    ),
+    (
+        "shop_rpc_client_calls_total",
+        {"service": "orders", "target": "products", "method": "reserve_stock", "outcome": "ok"},
+    ),
+    (
+        "shop_rpc_client_calls_total",
+        {
+            "service": "orders",
+            "target": "products",
+            "method": "reserve_stock",
+            "outcome": "insufficient_stock",
+        },
+    ),
 ]
 
 
@@ -76,12 +97,17 @@ def test_shop_counters_count_each_committed_change_once(shop):
     customer = rpc.customers.create_customer({"name": "m", "email": "m@x.io"}, "key-c")
     assert rpc.customers.create_customer({"name": "m", "email": "m@x.io"}, "key-c") == customer
     product = rpc.products.create_product({"name": "p", "price": "1", "stock": 5})
-    order_request = {"customer_id": customer["id"], "products": [{"id": product["id"], "quantity": 3}]}
+    order_request = {
+        "customer_id": customer["id"],
+        "products": [{"id": product["id"], "quantity": 3}],
+    }
 
     order = rpc.orders.create_order(order_request, "key-1")
     assert rpc.orders.create_order(order_request, "key-1") == order  # a replay
     with pytest.raises(InsufficientStock):
-        rpc.orders.create_order({**order_request, "products": [{"id": product["id"], "quantity": 9}]})
+        rpc.orders.create_order(
+            {**order_request, "products": [{"id": product["id"], "quantity": 9}]}
+        )
     rpc.orders.cancel_order(order["id"])
     rpc.orders.cancel_order(order["id"])  # idempotent: nothing more is released
 
@@ -112,10 +138,20 @@ def test_a_service_serves_its_metrics_and_health_on_its_operations_listener(shop
     scrape = requests.get(f"{ops}/metrics", timeout=5)
     assert scrape.status_code == 200
     assert scrape.headers["Content-Type"].startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(scrape.text) for s in family.samples}
-    created = ("shop_entrypoint_calls_total", (("entrypoint", "create_product"), ("kind", "rpc"),
-                                               ("outcome", "ok"), ("service", "products")))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scrape.text)
+        for s in family.samples
+    }
+    created = (
+        "shop_entrypoint_calls_total",
+        (
+            ("entrypoint", "create_product"),
+            ("kind", "rpc"),
+            ("outcome", "ok"),
+            ("service", "products"),
+        ),
+    )
     assert samples[created] >= 1
     assert samples[("shop_workers_max", (("service", "products"),))] == 10
     assert samples[("shop_db_pool_connections", (("service", "products"), ("state", "size")))] == 10
@@ -136,8 +172,9 @@ def test_a_lock_timeout_is_counted_as_a_database_error(runner_factory, service_c
     with ClusterRpcProxy(config, timeout=30) as rpc:
         product = rpc.products.create_product({"name": "p", "price": "1", "stock": 5})
         with db_engines["products"].connect() as holder, holder.begin():
-            holder.execute(text("SELECT 1 FROM products WHERE id = :id FOR UPDATE"),
-                           {"id": product["id"]})
+            holder.execute(
+                text("SELECT 1 FROM products WHERE id = :id FOR UPDATE"), {"id": product["id"]}
+            )
             with pytest.raises(ServiceUnavailable) as raised:
                 rpc.products.reserve_stock("ref-1", [{"id": product["id"], "quantity": 1}])
     assert raised.value.details["pgcode"] == "55P03"

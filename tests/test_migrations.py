@@ -1,4 +1,5 @@
 """Models and migrations cannot drift: the Alembic-built test databases match the models."""
+
 import json
 
 import pytest
@@ -65,20 +66,34 @@ def test_orders_failures_drop_their_class_paths_and_a_downgrade_restores_them(da
     config = admin.alembic_config("orders", uri)
     engine = create_engine(uri)
     stored = {
-        "mig-0004-a": {"error": "insufficient_stock", "message": "not enough stock",
-                       "details": {"products": []}, "status": 409,
-                       "exc_path": "products.exceptions.InsufficientStock"},
-        "mig-0004-b": {"error": "timeout", "message": "slow", "details": {}, "status": 504,
-                       "exc_path": "common.errors.GatewayTimeout"},
-        "mig-0004-c": {"error": "some_future_code", "message": "?", "details": {},
-                       "status": 500, "exc_path": "somewhere.Else"},
+        "mig-0004-a": {
+            "error": "insufficient_stock",
+            "message": "not enough stock",
+            "details": {"products": []},
+            "status": 409,
+            "exc_path": "products.exceptions.InsufficientStock",
+        },
+        "mig-0004-b": {
+            "error": "timeout",
+            "message": "slow",
+            "details": {},
+            "status": 504,
+            "exc_path": "common.errors.GatewayTimeout",
+        },
+        "mig-0004-c": {
+            "error": "some_future_code",
+            "message": "?",
+            "details": {},
+            "status": 500,
+            "exc_path": "somewhere.Else",
+        },
     }
 
     def failures():
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT order_ref, failure FROM orders WHERE order_ref LIKE 'mig-0004-%'"
-            )).all()
+            rows = conn.execute(
+                text("SELECT order_ref, failure FROM orders WHERE order_ref LIKE 'mig-0004-%'")
+            ).all()
         return dict(rows)
 
     command.downgrade(config, "0003")
@@ -86,8 +101,10 @@ def test_orders_failures_drop_their_class_paths_and_a_downgrade_restores_them(da
         with engine.begin() as conn:
             for ref, failure in [*stored.items(), ("mig-0004-d", None)]:
                 conn.execute(
-                    text("INSERT INTO orders (order_ref, customer_id, status, requested, failure) "
-                         "VALUES (:ref, 1, 'rejected', '[]', CAST(:failure AS JSONB))"),
+                    text(
+                        "INSERT INTO orders (order_ref, customer_id, status, requested, failure) "
+                        "VALUES (:ref, 1, 'rejected', '[]', CAST(:failure AS JSONB))"
+                    ),
                     {"ref": ref, "failure": None if failure is None else json.dumps(failure)},
                 )
         command.upgrade(config, "0004")

@@ -1,5 +1,6 @@
 """A service process's operations listener (common/ops_http.py), on real containers over
 real RabbitMQ and PostgreSQL: the probes a supervisor or Kubernetes asks."""
+
 import time
 
 import requests
@@ -11,8 +12,10 @@ from tests.harness import free_port
 def start_products(runner_factory, config, **overrides):
     """A products container with its listener on a free port; returns the listener's URL."""
     address = f"127.0.0.1:{free_port()}"
-    runner_factory({**config, "HOLD_CHECK_INTERVAL": 0, "OPS_HTTP_ADDRESS": address,
-                    **overrides}, ProductsService).start()
+    runner_factory(
+        {**config, "HOLD_CHECK_INTERVAL": 0, "OPS_HTTP_ADDRESS": address, **overrides},
+        ProductsService,
+    ).start()
     return f"http://{address}"
 
 
@@ -31,14 +34,18 @@ def test_ready_when_the_broker_and_the_database_answer(runner_factory, service_c
     ops = start_products(runner_factory, service_config)
     assert requests.get(f"{ops}/health", timeout=5).json() == {"status": "ok"}
     ready = wait_ready(ops)
-    assert (ready.status_code, ready.json()) == (200, {
-        "status": "ready",
-        "checks": {"rabbitmq": {"status": "ok"}, "database": {"status": "ok"}},
-    })
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {
+            "status": "ready",
+            "checks": {"rabbitmq": {"status": "ok"}, "database": {"status": "ok"}},
+        },
+    )
 
 
-def test_not_ready_within_the_bound_when_the_database_is_unreachable(runner_factory,
-                                                                     service_config):
+def test_not_ready_within_the_bound_when_the_database_is_unreachable(
+    runner_factory, service_config
+):
     """Nothing listens on the database's port: ``/ready`` says so, within
     ``READY_TIMEOUT``, while ``/health`` (liveness) stays green."""
     unreachable = {"products:Base": "postgresql+psycopg2://postgres@127.0.0.1:1/shop_products"}

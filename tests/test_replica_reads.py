@@ -2,6 +2,7 @@
 routing rules on fakes, then the products service in a real container whose "replica"
 refuses connections or never answers (the primary is the real test database). The same
 service against a real streaming replica is in tests/faults/test_replica.py."""
+
 import contextlib
 import socket
 import time
@@ -29,8 +30,10 @@ class Clock:
 
 
 def reads(service, source):
-    return REGISTRY.get_sample_value(
-        "shop_db_reads_total", {"service": service, "source": source}) or 0.0
+    return (
+        REGISTRY.get_sample_value("shop_db_reads_total", {"service": service, "source": source})
+        or 0.0
+    )
 
 
 def replica_up(service):
@@ -38,6 +41,7 @@ def replica_up(service):
 
 
 # -- the breaker ---------------------------------------------------------------------
+
 
 def test_the_breaker_rests_after_a_failure_then_lets_one_probe_through():
     clock = Clock()
@@ -79,6 +83,7 @@ def test_a_read_begun_before_the_failure_does_not_close_the_breaker():
 
 # -- the routing, on fake sessions ------------------------------------------------------
 
+
 @contextlib.contextmanager
 def primary():
     yield "primary"
@@ -104,8 +109,14 @@ class FakeEngine:
 
 
 def router(service, behaviour, clock=time.monotonic, timeout=0.2):
-    return ReplicaReads(FakeEngine(), service, fake_replica(behaviour), timeout=timeout,
-                        retry_seconds=5, clock=clock)
+    return ReplicaReads(
+        FakeEngine(),
+        service,
+        fake_replica(behaviour),
+        timeout=timeout,
+        retry_seconds=5,
+        clock=clock,
+    )
 
 
 def where(session):
@@ -160,6 +171,7 @@ def test_an_error_of_the_query_itself_is_raised_by_the_primary():
 
 # -- configuration -----------------------------------------------------------------
 
+
 def test_no_replica_when_unset_empty_or_the_primary_itself():
     primary_uri = "postgresql+psycopg2://postgres@127.0.0.1:5432/shop_products"
     key = "products:Base"
@@ -176,14 +188,17 @@ def test_the_replica_engine_cannot_write_even_on_a_writable_server(databases):
     assert options["connect_args"]["connect_timeout"] == 2
     engine = create_engine(databases["products"], **options)
     try:
-        with pytest.raises(InternalError, match="read-only transaction"), \
-                engine.begin() as connection:
+        with (
+            pytest.raises(InternalError, match="read-only transaction"),
+            engine.begin() as connection,
+        ):
             connection.execute(text("CREATE TEMP TABLE nope (x int)"))
     finally:
         engine.dispose()
 
 
 # -- the products service with a replica that is down ------------------------------------
+
 
 @contextlib.contextmanager
 def silent_server():
@@ -209,7 +224,8 @@ def replica_config(service_config, port):
 
 @pytest.mark.parametrize("replica", ["refused", "silent"])
 def test_products_reads_fall_back_to_the_primary_within_the_bound(
-        container_factory, service_config, replica):
+    container_factory, service_config, replica
+):
     with contextlib.ExitStack() as stack:
         port = stack.enter_context(silent_server()) if replica == "silent" else free_port()
         config = replica_config(service_config, port)

@@ -4,6 +4,7 @@ Replies are published without awaiting a broker confirm and as transient message
 reply queue is not durable); the result is encoded once, and one that cannot be encoded
 is still answered with nameko's ``UnserializableValueError``. Requests keep their
 guarantees: persistent, and a call to a service that is not running fails at once."""
+
 import uuid
 
 import pytest
@@ -46,20 +47,28 @@ def test_results_and_errors_are_answered(echo):
 def test_a_reply_is_transient_and_a_request_persistent(echo):
     """A request published by hand, as nameko's proxies publish it, and its reply read
     from a queue of this test's: the broker's delivery properties of each."""
-    reply_queue = Queue(f"rpc.reply-test-{uuid.uuid4().hex}", auto_delete=True,
-                        exchange=Exchange("nameko-rpc", type="topic", durable=True),
-                        routing_key=f"reply-{uuid.uuid4().hex}")
+    reply_queue = Queue(
+        f"rpc.reply-test-{uuid.uuid4().hex}",
+        auto_delete=True,
+        exchange=Exchange("nameko-rpc", type="topic", durable=True),
+        routing_key=f"reply-{uuid.uuid4().hex}",
+    )
     with Connection(echo["AMQP_URI"]) as connection:
         channel = connection.channel()
         reply_queue = reply_queue(channel)
         reply_queue.declare()
         received = []
-        with connection.Consumer(reply_queue, callbacks=[lambda body, m: received.append(m)],
-                                 accept=["json"]):
+        with connection.Consumer(
+            reply_queue, callbacks=[lambda body, m: received.append(m)], accept=["json"]
+        ):
             Producer(channel).publish(
-                {"args": ["hello"], "kwargs": {}}, exchange="nameko-rpc",
-                routing_key="echo.echo", reply_to=reply_queue.routing_key,
-                correlation_id="c1", serializer="json", delivery_mode=2,
+                {"args": ["hello"], "kwargs": {}},
+                exchange="nameko-rpc",
+                routing_key="echo.echo",
+                reply_to=reply_queue.routing_key,
+                correlation_id="c1",
+                serializer="json",
+                delivery_mode=2,
             )
             while not received:
                 connection.drain_events(timeout=10)

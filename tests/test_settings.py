@@ -8,6 +8,7 @@
 * a malformed value fails naming its key, and a container with one refuses to start;
 * the settings object is built once per container config.
 """
+
 import ast
 import os
 import re
@@ -54,18 +55,24 @@ def test_each_default_is_written_once():
         values = list(value.values()) if isinstance(value, dict) else [value]
         if default is IN_CONFIG_YML:
             assert not any(PLACEHOLDER.fullmatch(str(v)) for v in values), (
-                f"{key}: config.yml holds its default, ${{VAR:}} would make it None")
+                f"{key}: config.yml holds its default, ${{VAR:}} would make it None"
+            )
         else:
             for v in values:
                 assert PLACEHOLDER.fullmatch(str(v)), (
                     f"{key}: its default is in common/settings.py ({default!r}), so config.yml "
-                    f"says ${{VAR:}}, not {v!r}")
+                    f"says ${{VAR:}}, not {v!r}"
+                )
 
 
 def test_placeholders_and_absent_keys_take_the_defaults():
     empty = Settings.from_config({})
-    assert Settings.from_config({"RPC_TIMEOUT": None, "RPC_TIMEOUTS": {"orders": None},
-                                 "AUTH_MODE": ""}) == empty
+    assert (
+        Settings.from_config(
+            {"RPC_TIMEOUT": None, "RPC_TIMEOUTS": {"orders": None}, "AUTH_MODE": ""}
+        )
+        == empty
+    )
     assert empty.rpc_timeout == 5.0 and dict(empty.rpc_timeouts) == {"orders": 20.0}
     assert empty.max_workers == 10  # nameko's own default
     assert call_bound({}, "orders") == 20.0 and call_bound({}, "products") == 5.0
@@ -77,24 +84,27 @@ def test_placeholders_and_absent_keys_take_the_defaults():
     assert Settings.from_config({"TRACING_EXPORTER": "OTLP"}).tracing_exporter == "otlp"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("RPC_TIMEOUT", "abc", "RPC_TIMEOUT must be a number of seconds, not 'abc'"),
-    ("RPC_TIMEOUT", 0, "RPC_TIMEOUT must be a number of seconds > 0, not 0"),
-    ("RPC_TIMEOUTS", {"orders": "soon"}, "RPC_TIMEOUTS.orders must be a number of seconds"),
-    ("RPC_TIMEOUTS", "20", "RPC_TIMEOUTS must be a mapping"),
-    ("DB_LOCK_TIMEOUT_MS", "1.5s", "DB_LOCK_TIMEOUT_MS must be a whole number of milliseconds"),
-    ("DB_LOCK_TIMEOUT_MS", 2.5, "DB_LOCK_TIMEOUT_MS must be a whole number of milliseconds"),
-    ("RECOVERY_AGE", -1, "RECOVERY_AGE must be a number of seconds >= 0"),
-    ("HOLD_CHECK_BATCH", 0, "HOLD_CHECK_BATCH must be a whole number >= 1"),
-    ("PAGE_MAX_LIMIT", True, "PAGE_MAX_LIMIT must be a whole number, not True"),
-    ("HTTP_IDLE_TIMEOUT", float("nan"), "HTTP_IDLE_TIMEOUT must be a number of seconds"),
-    ("TRACING_SAMPLE_RATIO", 2, "TRACING_SAMPLE_RATIO must be a number between 0 and 1"),
-    ("TRACING_EXPORTER", "jaeger", "TRACING_EXPORTER must be one of"),
-    ("AUTH_MODE", "sometimes", "AUTH_MODE must be one of"),
-    ("AUTH_SIGNUP", "closed", "AUTH_SIGNUP must be one of"),
-    ("max_workers", "many", "max_workers must be a whole number"),
-    ("DB_URIS", "postgresql://x", "DB_URIS must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("RPC_TIMEOUT", "abc", "RPC_TIMEOUT must be a number of seconds, not 'abc'"),
+        ("RPC_TIMEOUT", 0, "RPC_TIMEOUT must be a number of seconds > 0, not 0"),
+        ("RPC_TIMEOUTS", {"orders": "soon"}, "RPC_TIMEOUTS.orders must be a number of seconds"),
+        ("RPC_TIMEOUTS", "20", "RPC_TIMEOUTS must be a mapping"),
+        ("DB_LOCK_TIMEOUT_MS", "1.5s", "DB_LOCK_TIMEOUT_MS must be a whole number of milliseconds"),
+        ("DB_LOCK_TIMEOUT_MS", 2.5, "DB_LOCK_TIMEOUT_MS must be a whole number of milliseconds"),
+        ("RECOVERY_AGE", -1, "RECOVERY_AGE must be a number of seconds >= 0"),
+        ("HOLD_CHECK_BATCH", 0, "HOLD_CHECK_BATCH must be a whole number >= 1"),
+        ("PAGE_MAX_LIMIT", True, "PAGE_MAX_LIMIT must be a whole number, not True"),
+        ("HTTP_IDLE_TIMEOUT", float("nan"), "HTTP_IDLE_TIMEOUT must be a number of seconds"),
+        ("TRACING_SAMPLE_RATIO", 2, "TRACING_SAMPLE_RATIO must be a number between 0 and 1"),
+        ("TRACING_EXPORTER", "jaeger", "TRACING_EXPORTER must be one of"),
+        ("AUTH_MODE", "sometimes", "AUTH_MODE must be one of"),
+        ("AUTH_SIGNUP", "closed", "AUTH_SIGNUP must be one of"),
+        ("max_workers", "many", "max_workers must be a whole number"),
+        ("DB_URIS", "postgresql://x", "DB_URIS must be a mapping"),
+    ],
+)
 def test_a_malformed_value_fails_naming_its_key(key, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Settings.from_config({key: value})
@@ -122,22 +132,34 @@ def _fallback_reads(path):
         tree = ast.parse(source.read(), path)
     constants = {  # NAME = "KEY" at module level
         target.id: node.value.value
-        for node in tree.body if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-        for target in node.targets if isinstance(target, ast.Name)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
     }
 
     def is_config_get(call):
-        return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                and call.func.attr == "get" and _receiver(call).endswith("config")
-                and call.args and _setting_key(call.args[0], constants))
+        return (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "get"
+            and _receiver(call).endswith("config")
+            and call.args
+            and _setting_key(call.args[0], constants)
+        )
 
     def is_default(value):
         """A literal value (``0``, ``"shop"``; not ``None``, ``""``, ``[]``) or a
         constant's name (``DEFAULT_ISSUER``)."""
         if isinstance(value, ast.Constant):
-            return isinstance(value.value, (int, float)) and not isinstance(value.value, bool) \
-                or isinstance(value.value, str) and value.value != ""
+            return (
+                isinstance(value.value, (int, float))
+                and not isinstance(value.value, bool)
+                or isinstance(value.value, str)
+                and value.value != ""
+            )
         return isinstance(value, ast.Name) and value.id.isupper()
 
     found = []
@@ -168,7 +190,8 @@ def test_no_setting_is_read_with_a_default_of_its_own():
     unexpected = sorted(hit for hit in found if hit[:2] not in PENDING)
     assert not unexpected, (
         "settings read with a default of their own (read settings_of(config).<setting>, the "
-        f"default is common/settings.py's): {unexpected}")
+        f"default is common/settings.py's): {unexpected}"
+    )
     stale = PENDING - {hit[:2] for hit in found}
     assert not stale, f"no longer read with a fallback, remove from PENDING: {stale}"
 
@@ -198,8 +221,7 @@ class PageService:
         return list(page_params(self.config, limit, None))
 
 
-def test_the_settings_are_built_once_per_container(container_factory, rabbit_config,
-                                                   monkeypatch):
+def test_the_settings_are_built_once_per_container(container_factory, rabbit_config, monkeypatch):
     built = []
     original = Settings.from_config.__func__
 

@@ -4,6 +4,7 @@ three services over real RabbitMQ and PostgreSQL, recorded by an in-memory expor
 One HTTP order is one trace: gateway -> orders -> products with every parent link
 intact, the SQL of each transaction as child spans, and every worker's log line carrying
 the trace's ids."""
+
 import io
 import json
 import logging
@@ -65,10 +66,13 @@ def worker_lines():
 def shop(spans, runner_factory, service_config):
     """The whole shop in this process; returns the gateway's base URL."""
     address = f"127.0.0.1:{free_port()}"
-    config = {**service_config, "WEB_SERVER_ADDRESS": address, "RECOVERY_INTERVAL": 0,
-              "HOLD_CHECK_INTERVAL": 0}  # no timer traces in the way
-    runner_factory(config, GatewayService, CustomersService, ProductsService,
-                   OrdersService).start()
+    config = {
+        **service_config,
+        "WEB_SERVER_ADDRESS": address,
+        "RECOVERY_INTERVAL": 0,
+        "HOLD_CHECK_INTERVAL": 0,
+    }  # no timer traces in the way
+    runner_factory(config, GatewayService, CustomersService, ProductsService, OrdersService).start()
     return f"http://{address}"
 
 
@@ -104,8 +108,11 @@ def parent_of(span, index):
 
 def one(finished, name, kind, scope):
     """The only span called ``name`` of ``kind`` recorded by service ``scope``."""
-    matches = [span for span in finished if span.name == name and span.kind == kind
-               and span.instrumentation_scope.name == scope]
+    matches = [
+        span
+        for span in finished
+        if span.name == name and span.kind == kind and span.instrumentation_scope.name == scope
+    ]
     assert len(matches) == 1, [(s.name, s.kind, s.instrumentation_scope.name) for s in finished]
     return matches[0]
 
@@ -119,23 +126,34 @@ def descends_from(span, ancestor, index):
 
 
 def test_one_order_over_http_is_one_trace_across_the_services(shop, spans, worker_lines):
-    customer = requests.post(f"{shop}/api/customers", json={"name": "t", "email": "t@x.io"},
-                             timeout=10).json()
-    product = requests.post(f"{shop}/api/products", json={"name": "p", "price": "2", "stock": 5},
-                            timeout=10).json()
-    finished_spans(spans, server("gateway.create_product"), server("products.create_product"),
-                   ("orders.remember_customer", SpanKind.CONSUMER, "orders"))  # the event
+    customer = requests.post(
+        f"{shop}/api/customers", json={"name": "t", "email": "t@x.io"}, timeout=10
+    ).json()
+    product = requests.post(
+        f"{shop}/api/products", json={"name": "p", "price": "2", "stock": 5}, timeout=10
+    ).json()
+    finished_spans(
+        spans,
+        server("gateway.create_product"),
+        server("products.create_product"),
+        ("orders.remember_customer", SpanKind.CONSUMER, "orders"),
+    )  # the event
     spans.clear()
 
     answer = requests.post(
-        f"{shop}/api/orders", timeout=30,
+        f"{shop}/api/orders",
+        timeout=30,
         json={"customer_id": customer["id"], "products": [{"id": product["id"], "quantity": 2}]},
         headers={**JSON, "traceparent": f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"},
     )
     assert answer.status_code == 201, answer.text
 
-    finished = finished_spans(spans, server("gateway.create_order"), server("orders.create_order"),
-                              server("products.reserve_stock"))
+    finished = finished_spans(
+        spans,
+        server("gateway.create_order"),
+        server("orders.create_order"),
+        server("products.reserve_stock"),
+    )
     index = by_id(finished)
     gateway = one(finished, "gateway.create_order", SpanKind.SERVER, "gateway")
     to_orders = one(finished, "orders.create_order", SpanKind.CLIENT, "gateway")
@@ -153,13 +171,20 @@ def test_one_order_over_http_is_one_trace_across_the_services(shop, spans, worke
     assert parent_of(products, index) is to_products and products.parent.is_remote
     # the SQL of each transaction, under the worker that ran it
     for service, worker in (("orders", orders), ("products", products)):
-        statements = [span for span in finished if span.kind == SpanKind.CLIENT
-                      and span.instrumentation_scope.name == service
-                      and span.attributes.get("db.system") == "postgresql"]
+        statements = [
+            span
+            for span in finished
+            if span.kind == SpanKind.CLIENT
+            and span.instrumentation_scope.name == service
+            and span.attributes.get("db.system") == "postgresql"
+        ]
         assert statements, f"no SQL span from {service}"
         assert all(descends_from(span, worker, index) for span in statements)
-    assert any("UPDATE products" in span.attributes.get("db.statement", "")
-               for span in finished if span.instrumentation_scope.name == "products")
+    assert any(
+        "UPDATE products" in span.attributes.get("db.statement", "")
+        for span in finished
+        if span.instrumentation_scope.name == "products"
+    )
     for span in (gateway, orders, products, to_orders, to_products):
         assert span.status.status_code != StatusCode.ERROR
         assert span.attributes["shop.outcome"] == "ok"
@@ -176,13 +201,17 @@ def test_one_order_over_http_is_one_trace_across_the_services(shop, spans, worke
 def test_a_trace_starts_at_the_gateway_and_follows_events(shop, spans):
     """Without a ``traceparent`` the gateway starts the trace; the ``customer_created``
     event's handler in orders is a child of the customers worker that dispatched it."""
-    answer = requests.post(f"{shop}/api/customers", json={"name": "e", "email": "e@x.io"},
-                           timeout=10)
+    answer = requests.post(
+        f"{shop}/api/customers", json={"name": "e", "email": "e@x.io"}, timeout=10
+    )
     assert answer.status_code == 201
 
-    finished = finished_spans(spans, server("gateway.create_customer"),
-                              server("customers.create_customer"),
-                              ("orders.remember_customer", SpanKind.CONSUMER, "orders"))
+    finished = finished_spans(
+        spans,
+        server("gateway.create_customer"),
+        server("customers.create_customer"),
+        ("orders.remember_customer", SpanKind.CONSUMER, "orders"),
+    )
     index = by_id(finished)
     gateway = one(finished, "gateway.create_customer", SpanKind.SERVER, "gateway")
     customers = one(finished, "customers.create_customer", SpanKind.SERVER, "customers")
@@ -227,7 +256,9 @@ def test_the_exporter_and_the_sampling_ratio_come_from_the_config():
     assert records_spans(never)
     tracer = never.get_tracer("orders")
     assert not tracer.start_span("new trace").is_recording()
-    sampled_parent = propagator.extract({"traceparent": f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"})
+    sampled_parent = propagator.extract(
+        {"traceparent": f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"}
+    )
     assert tracer.start_span("continued", context=sampled_parent).is_recording()
 
     with pytest.raises(ValueError, match="TRACING_EXPORTER"):

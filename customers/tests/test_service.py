@@ -1,4 +1,5 @@
 """Customers service logic alone (worker_factory) on the real test database."""
+
 import pytest
 from nameko.testing.services import worker_factory
 

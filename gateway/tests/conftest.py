@@ -1,4 +1,5 @@
 """Fixtures of the gateway's own tests: a real gateway container on a free port."""
+
 import pytest
 
 from gateway.service import GatewayService
@@ -29,8 +30,13 @@ def start_shop(runner_factory, service_config):
 
     def start(**overrides):
         address = f"127.0.0.1:{free_port()}"
-        config = {**service_config, "WEB_SERVER_ADDRESS": address, "RECOVERY_INTERVAL": 0,
-                  "HOLD_CHECK_INTERVAL": 0, **overrides}
+        config = {
+            **service_config,
+            "WEB_SERVER_ADDRESS": address,
+            "RECOVERY_INTERVAL": 0,
+            "HOLD_CHECK_INTERVAL": 0,
+            **overrides,
+        }
         services = [service_class(kind) for kind in ("customers", "products", "orders")]
         runner_factory(config, GatewayService, *services).start()
         return f"http://{address}"

@@ -1,4 +1,5 @@
 """Optional bearer-token auth, on a real gateway container over HTTP."""
+
 import pytest
 import requests
 
@@ -7,8 +8,14 @@ from gateway.auth import configured_tokens
 
 @pytest.mark.parametrize(
     "setting, tokens",
-    [(None, []), ("", []), ("abc", [b"abc"]), ("a, b", [b"a", b"b"]), (123, [b"123"]),
-     (["x", "y"], [b"x", b"y"])],
+    [
+        (None, []),
+        ("", []),
+        ("abc", [b"abc"]),
+        ("a, b", [b"a", b"b"]),
+        (123, [b"123"]),
+        (["x", "y"], [b"x", b"y"]),
+    ],
 )
 def test_configured_tokens(setting, tokens):
     assert configured_tokens({"API_TOKENS": setting}) == tokens
@@ -20,8 +27,12 @@ def gateway_url(start_gateway):
 
 
 def post(url, **headers):
-    return requests.post(f"{url}/api/products", json={"name": "p", "price": 1, "stock": 1},
-                         headers=headers, timeout=10)
+    return requests.post(
+        f"{url}/api/products",
+        json={"name": "p", "price": 1, "stock": 1},
+        headers=headers,
+        timeout=10,
+    )
 
 
 def test_writes_need_a_token(gateway_url):

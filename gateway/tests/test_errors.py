@@ -1,5 +1,6 @@
 """The gateway process can deserialize every error any service raises: each one is a
 class of the contract module, common/errors.py, sent and registered under that path."""
+
 import json
 import subprocess
 import sys
@@ -20,7 +21,10 @@ REGISTERED = (
 def registered_errors(*modules):
     out = subprocess.run(
         [sys.executable, "-c", REGISTERED.format(modules=", ".join(modules))],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return set(json.loads(out))
 
@@ -42,7 +46,8 @@ def test_an_error_crosses_rpc_as_its_contract_class(code):
     received = deserialize(sent)
     assert type(received) is cls
     assert (received.status, received.to_dict()) == (
-        cls.status, {"error": code, "message": "it failed", "details": {"id": 7}}
+        cls.status,
+        {"error": code, "message": "it failed", "details": {"id": 7}},
     )
 
 

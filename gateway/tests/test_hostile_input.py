@@ -2,6 +2,7 @@
 injection through ``X-Request-ID`` and ``Idempotency-Key``, and internals leaking into error
 bodies. Raw sockets where a client library would normalize the attack away; the whole shop
 in this process (real RabbitMQ and PostgreSQL)."""
+
 import json
 import socket
 
@@ -13,8 +14,19 @@ from common.idempotency import InvalidIdempotencyKey, checked_key
 from gateway.http import request_id_of
 
 # Text that must never reach a client: a stack trace, the SQL layer, this machine's files.
-LEAKS = ("Traceback", 'File "', "sqlalchemy", "psycopg2", "postgresql://", "/work/",
-         "root:x:0:0", "amqp://", "pyamqp://", "def ", "import ")
+LEAKS = (
+    "Traceback",
+    'File "',
+    "sqlalchemy",
+    "psycopg2",
+    "postgresql://",
+    "/work/",
+    "root:x:0:0",
+    "amqp://",
+    "pyamqp://",
+    "def ",
+    "import ",
+)
 
 
 def raw_request(url, head):
@@ -46,16 +58,19 @@ def shop_url(start_shop):
     return start_shop()
 
 
-@pytest.mark.parametrize("path", [
-    b"/api/docs/../../../../etc/passwd",
-    b"/api/docs/..%2f..%2f..%2fetc%2fpasswd",
-    b"/api/docs/%2e%2e/%2e%2e/gateway/openapi.py",
-    b"/api/docs/..%5c..%5cconfig.yml",
-    b"/api/docs//etc/passwd",
-    b"/api/docs/%00swagger-ui.css",
-    b"/api/docs/swagger-ui.css%00.py",
-    b"/api/docs/swagger-ui.css/../../../config.yml",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/api/docs/../../../../etc/passwd",
+        b"/api/docs/..%2f..%2f..%2fetc%2fpasswd",
+        b"/api/docs/%2e%2e/%2e%2e/gateway/openapi.py",
+        b"/api/docs/..%5c..%5cconfig.yml",
+        b"/api/docs//etc/passwd",
+        b"/api/docs/%00swagger-ui.css",
+        b"/api/docs/swagger-ui.css%00.py",
+        b"/api/docs/swagger-ui.css/../../../config.yml",
+    ],
+)
 def test_docs_assets_cannot_be_walked_out_of(shop_url, path):
     status, headers, body = raw_request(shop_url, b"GET " + path + b" HTTP/1.1")
     assert_clean_error(status, headers, body, 404)
@@ -66,13 +81,16 @@ def test_a_docs_asset_is_still_served(shop_url):
     assert status == 200 and body
 
 
-@pytest.mark.parametrize("given", [
-    b"ok\r\nSet-Cookie: stolen=1",          # a second header, not part of the id
-    b"a b",                                  # a space
-    b"caf\xc3\xa9",                          # not ASCII
-    b"x" * 129,                              # too long
-    b"tab\there",
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        b"ok\r\nSet-Cookie: stolen=1",  # a second header, not part of the id
+        b"a b",  # a space
+        b"caf\xc3\xa9",  # not ASCII
+        b"x" * 129,  # too long
+        b"tab\there",
+    ],
+)
 def test_a_hostile_request_id_is_replaced_not_echoed(shop_url, given):
     status, headers, _ = raw_request(shop_url, b"GET /health HTTP/1.1\r\nX-Request-ID: " + given)
     assert status == 200
@@ -87,21 +105,37 @@ def test_a_hostile_request_id_is_replaced_not_echoed(shop_url, given):
 
 def test_a_request_id_with_a_trailing_newline_is_not_taken():
     # `^...$` with re.match accepts "abc\n": the patterns must match the whole value
-    request = Request({"HTTP_X_REQUEST_ID": "abc\n", "REQUEST_METHOD": "GET",
-                       "wsgi.url_scheme": "http", "SERVER_NAME": "x", "SERVER_PORT": "80"})
+    request = Request(
+        {
+            "HTTP_X_REQUEST_ID": "abc\n",
+            "REQUEST_METHOD": "GET",
+            "wsgi.url_scheme": "http",
+            "SERVER_NAME": "x",
+            "SERVER_PORT": "80",
+        }
+    )
     assert request_id_of(request) != "abc\n"
     with pytest.raises(InvalidIdempotencyKey):
         checked_key("abc\n")
     assert checked_key("abc") == "abc"
 
 
-@pytest.mark.parametrize("given", [
-    b"key\r\nSet-Cookie: stolen=1", b"a b", b"caf\xc3\xa9", b"k" * 101, b"\x7f",
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        b"key\r\nSet-Cookie: stolen=1",
+        b"a b",
+        b"caf\xc3\xa9",
+        b"k" * 101,
+        b"\x7f",
+    ],
+)
 def test_a_hostile_idempotency_key_is_a_400_and_writes_nothing(shop_url, given):
     body = b'{"name": "ruler", "price": "3.5", "stock": 35}'
-    head = (b"POST /api/products HTTP/1.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\nIdempotency-Key: " + given)
+    head = (
+        b"POST /api/products HTTP/1.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nIdempotency-Key: " + given
+    )
     host, port = shop_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head + b"\r\nHost: x\r\nConnection: close\r\n\r\n" + body)
@@ -114,8 +148,10 @@ def test_a_hostile_idempotency_key_is_a_400_and_writes_nothing(shop_url, given):
         # the header ends at the CRLF: "key" is a valid key, "Set-Cookie" a request header
         assert status == 201 and b"set-cookie" not in head_part.lower()
         return
-    headers = [tuple(p.strip() for p in line.split(":", 1))
-               for line in head_part.decode("latin-1").split("\r\n")[1:]]
+    headers = [
+        tuple(p.strip() for p in line.split(":", 1))
+        for line in head_part.decode("latin-1").split("\r\n")[1:]
+    ]
     assert_clean_error(status, headers, answer, 400)
     assert json.loads(answer)["error"] == "invalid_idempotency_key"
     assert requests.get(f"{shop_url}/api/products", timeout=10).json() == []

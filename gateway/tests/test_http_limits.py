@@ -1,5 +1,6 @@
 """The gateway's connections are bounded and every answer is JSON, on a real gateway
 container spoken to over raw sockets (what a misbehaving client really sends)."""
+
 import json
 import logging
 import socket
@@ -35,8 +36,10 @@ def exchange(url, data):
         raw = read_to_end(sock)
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in header_lines)}
+    headers = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in header_lines)
+    }
     return int(status_line.split()[1]), headers, body
 
 
@@ -70,12 +73,15 @@ def test_a_request_line_over_8_kib_is_a_json_414(gateway_url):
     assert_json_error(exchange(gateway_url, request), 414, "uri_too_long")
 
 
-@pytest.mark.parametrize("head", [
-    b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
-    b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n",
-    b"GET /api/products HTTP/7.3\r\nHost: x\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
+        b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+        b"GET /api/products HTTP/7.3\r\nHost: x\r\n\r\n",
+    ],
+)
 def test_a_malformed_head_is_a_json_400(gateway_url, head):
     assert_json_error(exchange(gateway_url, head), 400, "bad_request")
 
@@ -106,8 +112,9 @@ def executed_request_ids(caplog):
 
 
 def assert_executed_only_the_whole_request(gateway_url, executed_request_ids, left):
-    whole = requests.get(f"{gateway_url}/api/products", headers={"X-Request-ID": "whole"},
-                         timeout=10)
+    whole = requests.get(
+        f"{gateway_url}/api/products", headers={"X-Request-ID": "whole"}, timeout=10
+    )
     assert whole.status_code == 503  # executed: no products service runs here
     assert "whole" in executed_request_ids()
     assert left not in executed_request_ids()
@@ -123,8 +130,10 @@ def test_a_request_whose_client_left_mid_head_is_not_executed(gateway_url, execu
 
 def test_a_request_whose_client_left_mid_body_is_not_executed(gateway_url, executed_request_ids):
     with open_socket(gateway_url) as sock:
-        sock.sendall(b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nX-Request-ID: body-cut\r\nContent-Length: 100\r\n\r\n{\"name\": ")
+        sock.sendall(
+            b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b'\r\nX-Request-ID: body-cut\r\nContent-Length: 100\r\n\r\n{"name": '
+        )
         sock.shutdown(socket.SHUT_WR)
         raw = read_to_end(sock)
     assert raw.startswith(b"HTTP/1.1 499 ")
@@ -134,8 +143,10 @@ def test_a_request_whose_client_left_mid_body_is_not_executed(gateway_url, execu
 
 def test_a_body_that_stops_halfway_is_answered_408(gateway_url):
     with open_socket(gateway_url) as sock:
-        sock.sendall(b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: 100\r\n\r\n{\"name\": ")
+        sock.sendall(
+            b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b'\r\nContent-Length: 100\r\n\r\n{"name": '
+        )
         raw = read_to_end(sock)
     assert raw.startswith(b"HTTP/1.1 408 ")
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
@@ -147,14 +158,17 @@ def products_queue_without_consumer(rabbit_config):
     calls to products are published and never answered."""
     with Connection(rabbit_config["AMQP_URI"]) as connection:
         exchange = Exchange("nameko-rpc", type="topic", durable=True)
-        Queue("rpc-products", exchange, routing_key="products.*", durable=True)(connection).declare()
+        Queue("rpc-products", exchange, routing_key="products.*", durable=True)(
+            connection
+        ).declare()
         yield
 
 
 def test_health_answers_while_every_worker_is_stuck(gateway_url, products_queue_without_consumer):
     pool = eventlet.GreenPool()
-    stuck = [pool.spawn(requests.get, f"{gateway_url}/api/products/1", timeout=10)
-             for _ in range(4)]  # twice max_workers: two hold the workers, two wait
+    stuck = [
+        pool.spawn(requests.get, f"{gateway_url}/api/products/1", timeout=10) for _ in range(4)
+    ]  # twice max_workers: two hold the workers, two wait
     eventlet.sleep(0.5)
     started = time.monotonic()
     health = requests.get(f"{gateway_url}/health", timeout=5)

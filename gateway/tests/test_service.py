@@ -1,5 +1,6 @@
 """Gateway logic alone: worker_factory with the service proxies mocked, requests built
 with werkzeug. Routing (404/405) and the real wiring are covered end to end in tests/e2e."""
+
 import json
 
 import pytest
@@ -76,7 +77,10 @@ def test_list_sets_a_next_link_only_when_there_is_a_next_page(gateway):
         ({"data": b"\xff\xfe"}, BadRequest),
         ({"data": '{"price": NaN}'}, BadRequest),
         ({"data": "x" * 101}, PayloadTooLarge),
-        ({"data": "a=b", "content_type": "application/x-www-form-urlencoded"}, UnsupportedMediaType),
+        (
+            {"data": "a=b", "content_type": "application/x-www-form-urlencoded"},
+            UnsupportedMediaType,
+        ),
     ],
 )
 def test_bad_bodies(kwargs, error):
@@ -109,5 +113,7 @@ def test_unexpected_errors_reveal_nothing():
     response = error_response(RuntimeError("password=secret in a traceback"))
     assert response.status_code == 500
     assert response.json == {
-        "error": "internal_error", "message": "Internal server error.", "details": {}
+        "error": "internal_error",
+        "message": "Internal server error.",
+        "details": {},
     }

@@ -1,5 +1,6 @@
 """The order flow across real containers of all three services over real RabbitMQ and
 PostgreSQL: errors cross two RPC hops and arrive as their own classes."""
+
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -34,6 +35,10 @@ def test_order_flow_over_rabbitmq(cluster):
         {"product_id": product["id"], "requested": 1, "available": 0}
     ]
     with pytest.raises(ProductNotFound):
-        cluster.orders.create_order({"customer_id": customer["id"], "products": [{"id": 999, "quantity": 1}]})
+        cluster.orders.create_order(
+            {"customer_id": customer["id"], "products": [{"id": 999, "quantity": 1}]}
+        )
     with pytest.raises(CustomerNotFound):
-        cluster.orders.create_order({"customer_id": 999, "products": [{"id": product["id"], "quantity": 1}]})
+        cluster.orders.create_order(
+            {"customer_id": 999, "products": [{"id": product["id"], "quantity": 1}]}
+        )

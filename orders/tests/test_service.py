@@ -1,5 +1,6 @@
 """Orders service logic alone: worker_factory with the customers and products proxies
 replaced by mocks, on the real orders test database."""
+
 import contextlib
 import logging
 
@@ -25,7 +26,10 @@ from orders.exceptions import OrderFailed, OrderNotCancellable, OrderNotFound
 from orders.service import OrdersService
 
 CUSTOMER = {"id": 1, "name": "john doe", "email": "john@example.com"}
-ORDER = {"customer_id": 1, "products": [{"id": 7, "quantity": 2}, {"id": 3, "quantity": 1}, {"id": 7, "quantity": 1}]}
+ORDER = {
+    "customer_id": 1,
+    "products": [{"id": 7, "quantity": 2}, {"id": 3, "quantity": 1}, {"id": 7, "quantity": 1}],
+}
 
 
 def hold(order_ref, items, status="reserved"):
@@ -33,8 +37,12 @@ def hold(order_ref, items, status="reserved"):
         "order_ref": order_ref,
         "status": status,
         "lines": [
-            {"product_id": item["id"], "name": f"p{item['id']}", "quantity": item["quantity"],
-             "unit_price": "2.50"}
+            {
+                "product_id": item["id"],
+                "name": f"p{item['id']}",
+                "quantity": item["quantity"],
+                "unit_price": "2.50",
+            }
             for item in items
         ],
     }
@@ -85,8 +93,10 @@ def test_unknown_customer_is_rejected_before_any_reservation(service, clean_data
 
 @pytest.mark.parametrize(
     "refusal",
-    [InsufficientStock.for_shortages([{"product_id": 1, "requested": 2, "available": 1}]),
-     ProductNotFound.for_ids([1])],
+    [
+        InsufficientStock.for_shortages([{"product_id": 1, "requested": 2, "available": 1}]),
+        ProductNotFound.for_ids([1]),
+    ],
 )
 def test_refused_reservation_rejects_the_order(service, clean_databases, refusal):
     service.products.reserve_stock.side_effect = refusal
@@ -129,8 +139,12 @@ def commit_fails_with(service, monkeypatch, error):
     monkeypatch.setattr(session, "commit", broken_commit)
 
 
-def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_databases, monkeypatch):
-    commit_fails_with(service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost")))
+def test_failure_to_commit_releases_the_stock_and_stores_nothing(
+    service, clean_databases, monkeypatch
+):
+    commit_fails_with(
+        service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost"))
+    )
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
     order_ref = service.products.reserve_stock.call_args.args[0]
@@ -138,7 +152,9 @@ def test_failure_to_commit_releases_the_stock_and_stores_nothing(service, clean_
     assert orders_in_db(clean_databases) == []
 
 
-def test_an_integrity_error_after_the_reservation_releases_it(service, clean_databases, monkeypatch):
+def test_an_integrity_error_after_the_reservation_releases_it(
+    service, clean_databases, monkeypatch
+):
     commit_fails_with(service, monkeypatch, IntegrityError("COMMIT", {}, Exception("a constraint")))
     with pytest.raises(IntegrityError):
         service.create_order(ORDER, "key-1")
@@ -150,13 +166,17 @@ def test_an_integrity_error_after_the_reservation_releases_it(service, clean_dat
 
 
 def test_a_failed_release_does_not_hide_the_original_error(service, monkeypatch):
-    commit_fails_with(service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost")))
+    commit_fails_with(
+        service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost"))
+    )
     service.products.release_stock.side_effect = GatewayTimeout("slow")
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
 
 
-def test_losing_the_database_mid_order_is_503_and_reserves_nothing(service, clean_databases, monkeypatch):
+def test_losing_the_database_mid_order_is_503_and_reserves_nothing(
+    service, clean_databases, monkeypatch
+):
     """PostgreSQL drops the order's connection after its INSERT (as a restart does) and the
     customer check fails on it: the order's own database failed, a retryable 503 with
     nothing stored, not an unknown outcome to store on a connection that is gone (that was
@@ -261,7 +281,8 @@ def test_recovery_tick_survives_its_own_database_failing(config, caplog):
     worker.recover_pending_orders()
     [warning] = warnings_logged(caplog)
     assert warning.startswith(
-        "recovery of pending orders postponed to the next tick: OperationalError: ")
+        "recovery of pending orders postponed to the next tick: OperationalError: "
+    )
     worker.products.get_reservation.assert_not_called()
     engine.dispose()
 
@@ -374,8 +395,7 @@ def test_a_page_is_loaded_a_batch_of_lines_at_a_time(service, clean_databases, m
     with statements_on(clean_databases["orders"]) as seen:
         assert service.list_orders(1) == whole  # the same page, in the same order
     assert [o["id"] for o in whole["items"]] == ids
-    batches = [sorted(params.values())
-               for sql, params in seen if "order_lines.product_name" in sql]
+    batches = [sorted(params.values()) for sql, params in seen if "order_lines.product_name" in sql]
     assert batches == [ids[:2], ids[2:3], ids[3:4], ids[4:]]  # 4, 1 (+4 > 4), 4, 1 lines
 
 
@@ -387,7 +407,12 @@ def test_walking_the_pages_returns_every_order_once_in_order(service, monkeypatc
     assert [o["id"] for page in pages for o in page] == ids
     # Cut by the budget or by the limit; an order over the budget comes alone.
     assert [[len(o["lines"]) for o in page] for page in pages] == [
-        [3], [5, 1], [9], [2, 2], [6, 1], [1, 1, 4]
+        [3],
+        [5, 1],
+        [9],
+        [2, 2],
+        [6, 1],
+        [1, 1, 4],
     ]
 
 
@@ -396,7 +421,9 @@ def test_the_limit_still_holds_when_lines_are_few(service):
     page = service.list_orders(1, limit=2)  # config.yml's budget: 2000 lines
     assert ([o["id"] for o in page["items"]], page["next_after"]) == (ids[:2], ids[1])
     assert [[o["id"] for o in page] for page in walk(service, 1, limit=2)] == [
-        ids[:2], ids[2:4], ids[4:]
+        ids[:2],
+        ids[2:4],
+        ids[4:],
     ]
 
 
@@ -434,8 +461,13 @@ def test_order_states(service):
         ({"customer_id": 1, "products": [{"id": 1, "quantity": -1}]}, "products"),
         ({"customer_id": 1, "products": [{"id": 1, "quantity": 1.5}]}, "products"),
         ({"customer_id": 1}, "products"),
-        ({"customer_id": 1, "products": [{"id": 1, "quantity": 2**31 - 1}, {"id": 1, "quantity": 1}]},
-         "products"),  # the merged line would not fit
+        (
+            {
+                "customer_id": 1,
+                "products": [{"id": 1, "quantity": 2**31 - 1}, {"id": 1, "quantity": 1}],
+            },
+            "products",
+        ),  # the merged line would not fit
     ],
 )
 def test_invalid_order_is_rejected_before_anything(service, clean_databases, payload, bad_field):

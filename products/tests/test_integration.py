@@ -3,6 +3,7 @@
 Two containers of the service consume the same queue, as two processes would; the row
 locks in PostgreSQL, not the process, serialize the decrements.
 """
+
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
@@ -58,8 +59,10 @@ def test_concurrent_replays_of_one_order_decrement_once(products):
 def test_crossed_orders_do_not_deadlock(products):
     a = products.create_product({"name": "a", "price": "1", "stock": 25})["id"]
     b = products.create_product({"name": "b", "price": "1", "stock": 25})["id"]
-    crossed = ([{"id": a, "quantity": 1}, {"id": b, "quantity": 1}],
-               [{"id": b, "quantity": 1}, {"id": a, "quantity": 1}])
+    crossed = (
+        [{"id": a, "quantity": 1}, {"id": b, "quantity": 1}],
+        [{"id": b, "quantity": 1}, {"id": a, "quantity": 1}],
+    )
     replies = [products.reserve_stock.call_async(f"ref-{n}", crossed[n % 2]) for n in range(40)]
     results = outcomes(replies)
     assert sum(isinstance(r, dict) for r in results) == 25

@@ -1,4 +1,5 @@
 """Products service logic alone (worker_factory) on the real test database."""
+
 import logging
 from decimal import Decimal
 
@@ -26,7 +27,9 @@ def service(db_wrapper, base_config):
 def stock_of(clean_databases):
     def read(product_id):
         with clean_databases["products"].connect() as conn:
-            return conn.scalar(text("SELECT stock FROM products WHERE id = :id"), {"id": product_id})
+            return conn.scalar(
+                text("SELECT stock FROM products WHERE id = :id"), {"id": product_id}
+            )
 
     return read
 
@@ -35,7 +38,10 @@ def make(service, stock, price="2.50", name="thing"):
     return service.create_product({"name": name, "price": price, "stock": stock})["id"]
 
 
-@pytest.mark.parametrize("price, stored", [("3.5", "3.50"), (3.5, "3.50"), (0.1, "0.10"), ("0", "0.00"), ("-0", "0.00"), (-0.0, "0.00")])
+@pytest.mark.parametrize(
+    "price, stored",
+    [("3.5", "3.50"), (3.5, "3.50"), (0.1, "0.10"), ("0", "0.00"), ("-0", "0.00"), (-0.0, "0.00")],
+)
 def test_price_accepts_string_or_number_and_returns_a_two_decimal_string(service, price, stored):
     product = service.create_product({"name": "ruler", "price": price, "stock": 35})
     assert product["price"] == stored
@@ -78,7 +84,9 @@ def test_get_unknown_product(service):
 def test_reserve_decrements_every_line_and_returns_unit_prices(service, stock_of):
     a = make(service, 10, "1.25", "a")
     b = make(service, 5, "4.00", "b")
-    reservation = service.reserve_stock("ref-1", [{"id": b, "quantity": 2}, {"id": a, "quantity": 3}])
+    reservation = service.reserve_stock(
+        "ref-1", [{"id": b, "quantity": 2}, {"id": a, "quantity": 3}]
+    )
     assert reservation == {
         "order_ref": "ref-1",
         "status": "reserved",
@@ -93,7 +101,9 @@ def test_reserve_decrements_every_line_and_returns_unit_prices(service, stock_of
 
 def test_duplicate_lines_add_up(service, stock_of):
     a = make(service, 10)
-    reservation = service.reserve_stock("ref-1", [{"id": a, "quantity": 2}, {"id": a, "quantity": 3}])
+    reservation = service.reserve_stock(
+        "ref-1", [{"id": a, "quantity": 2}, {"id": a, "quantity": 3}]
+    )
     assert [line["quantity"] for line in reservation["lines"]] == [5]
     assert stock_of(a) == 5
 
@@ -127,7 +137,10 @@ def test_insufficient_stock_names_each_short_line_and_changes_nothing(service, s
 def test_unknown_product_names_every_missing_id_and_changes_nothing(service, stock_of):
     a = make(service, 10)
     with pytest.raises(ProductNotFound) as raised:
-        service.reserve_stock("ref-1", [{"id": a, "quantity": 1}, {"id": 98, "quantity": 1}, {"id": 99, "quantity": 1}])
+        service.reserve_stock(
+            "ref-1",
+            [{"id": a, "quantity": 1}, {"id": 98, "quantity": 1}, {"id": 99, "quantity": 1}],
+        )
     assert raised.value.details == {"product_ids": [98, 99]}
     assert stock_of(a) == 10
 
@@ -184,7 +197,11 @@ def test_release_before_reserve_fences_the_order(service, stock_of):
     """A stale reserve_stock (redelivered, or slower than the caller's timeout) arriving
     after the order was given up reserves nothing."""
     a = make(service, 10)
-    assert service.release_stock("late-ref") == {"order_ref": "late-ref", "status": "released", "lines": []}
+    assert service.release_stock("late-ref") == {
+        "order_ref": "late-ref",
+        "status": "released",
+        "lines": [],
+    }
     assert service.reserve_stock("late-ref", [{"id": a, "quantity": 3}])["status"] == "released"
     assert stock_of(a) == 10
 
@@ -215,15 +232,25 @@ def reconciler(db_wrapper, base_config):
 
 def test_reconciler_releases_holds_of_orders_that_will_not_confirm(reconciler, stock_of):
     a = make(reconciler, 100)
-    states = {"confirmed": "confirmed", "pending": "pending", "rejected": "rejected",
-              "cancelled": "cancelled", "unknown": None}
+    states = {
+        "confirmed": "confirmed",
+        "pending": "pending",
+        "rejected": "rejected",
+        "cancelled": "cancelled",
+        "unknown": None,
+    }
     for ref in states:
         reconciler.reserve_stock(ref, [{"id": a, "quantity": 1}])
     reconciler.orders.order_states.return_value = {r: s for r, s in states.items() if s}
     reconciler.reconcile_holds()
     status = {ref: reconciler.get_reservation(ref)["status"] for ref in states}
-    assert status == {"confirmed": "confirmed", "pending": "reserved", "rejected": "released",
-                      "cancelled": "released", "unknown": "released"}
+    assert status == {
+        "confirmed": "confirmed",
+        "pending": "reserved",
+        "rejected": "released",
+        "cancelled": "released",
+        "unknown": "released",
+    }
     assert stock_of(a) == 98
     reconciler.reconcile_holds()  # a second pass changes nothing
     assert stock_of(a) == 98
@@ -276,18 +303,25 @@ def test_reconciler_waits_while_orders_is_down(reconciler, stock_of, caplog):
 # ago, one millisecond apart in the order of ``refs``.
 def insert_holds(engine, refs, age_seconds=3600):
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
-            "SELECT ref, 'reserved', t, t FROM unnest(CAST(:refs AS text[])) "
-            "WITH ORDINALITY AS r(ref, n), "
-            "LATERAL (SELECT now() - make_interval(secs => :age) + n * interval '1 ms') AS c(t)"
-        ), {"refs": refs, "age": age_seconds})
+        conn.execute(
+            text(
+                "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
+                "SELECT ref, 'reserved', t, t FROM unnest(CAST(:refs AS text[])) "
+                "WITH ORDINALITY AS r(ref, n), "
+                "LATERAL (SELECT now() - make_interval(secs => :age) + n * interval '1 ms') AS c(t)"
+            ),
+            {"refs": refs, "age": age_seconds},
+        )
 
 
 def hold_rows(engine):
     with engine.connect() as conn:
-        return {row.order_ref: row for row in conn.execute(text(
-            "SELECT order_ref, status, created_at, updated_at FROM order_holds"))}
+        return {
+            row.order_ref: row
+            for row in conn.execute(
+                text("SELECT order_ref, status, created_at, updated_at FROM order_holds")
+            )
+        }
 
 
 def tick_warnings(caplog):
@@ -340,7 +374,8 @@ def test_a_tick_stops_at_its_time_budget_and_the_next_one_goes_on(reconciler_wit
     calls = []
     worker = reconciler_with(HOLD_CHECK_BATCH=2, HOLD_CHECK_INTERVAL=0.05)
     worker.orders.order_states.side_effect = answering(
-        dict.fromkeys(refs, "confirmed"), calls, pause=0.06)  # a batch outlasts the budget
+        dict.fromkeys(refs, "confirmed"), calls, pause=0.06
+    )  # a batch outlasts the budget
     for tick in (1, 2, 3):
         worker.reconcile_holds()
         assert len(calls) == tick
@@ -385,21 +420,31 @@ def test_reconciler_confirms_a_batch_in_one_statement(reconciler_with, clean_dat
 def test_reconciler_releases_every_state_without_stock(reconciler_with, stock_of):
     worker = reconciler_with(HOLD_CHECK_BATCH=2)
     a = make(worker, 100)
-    states = {"rejected": "rejected", "failed": "failed", "cancelled": "cancelled",
-              "unknown": None, "confirmed": "confirmed"}
+    states = {
+        "rejected": "rejected",
+        "failed": "failed",
+        "cancelled": "cancelled",
+        "unknown": None,
+        "confirmed": "confirmed",
+    }
     for ref in states:
         worker.reserve_stock(ref, [{"id": a, "quantity": 3}])
     assert stock_of(a) == 85
     worker.orders.order_states.side_effect = answering(states)
     worker.reconcile_holds()
     assert {ref: worker.get_reservation(ref)["status"] for ref in states} == {
-        "rejected": "released", "failed": "released", "cancelled": "released",
-        "unknown": "released", "confirmed": "confirmed"}
+        "rejected": "released",
+        "failed": "released",
+        "cancelled": "released",
+        "unknown": "released",
+        "confirmed": "confirmed",
+    }
     assert stock_of(a) == 97  # the four holds' stock is back, once
 
 
 def test_pending_holds_are_left_alone_and_asked_again_an_age_later(
-        reconciler_with, clean_databases):
+    reconciler_with, clean_databases
+):
     engine = clean_databases["products"]
     refs = [f"ref-{n}" for n in range(5)]
     insert_holds(engine, refs)
@@ -431,8 +476,12 @@ def test_two_reconcilers_never_handle_the_same_hold(reconciler_with, clean_datab
         first.reserve_stock(ref, [{"id": a, "quantity": 1}])
         states[ref] = kinds[n % 3]
     with clean_databases["products"].begin() as conn:  # reserved an hour ago
-        conn.execute(text("UPDATE order_holds SET created_at = created_at - interval '1 hour', "
-                          "updated_at = updated_at - interval '1 hour'"))
+        conn.execute(
+            text(
+                "UPDATE order_holds SET created_at = created_at - interval '1 hour', "
+                "updated_at = updated_at - interval '1 hour'"
+            )
+        )
     calls = {"first": [], "second": []}
     in_flight, most_in_flight = [], []
 
@@ -444,6 +493,7 @@ def test_two_reconcilers_never_handle_the_same_hold(reconciler_with, clean_datab
                 return order_states(refs)
             finally:
                 in_flight.remove(refs)
+
         return call
 
     for name, worker in (("first", first), ("second", second)):
@@ -459,7 +509,8 @@ def test_two_reconcilers_never_handle_the_same_hold(reconciler_with, clean_datab
     rows = hold_rows(clean_databases["products"])
     expected = {"confirmed": "confirmed", "pending": "reserved", None: "released"}
     assert {ref: rows[ref].status for ref in states} == {
-        ref: expected[state] for ref, state in states.items()}
+        ref: expected[state] for ref, state in states.items()
+    }
     assert stock_of(a) == 100 - 36 + 12
 
 
@@ -470,17 +521,20 @@ def database_at(url, **connect_args):
 
 
 def test_a_database_failure_is_one_warning_and_retried_at_the_next_tick(
-        base_config, clean_databases, caplog):
+    base_config, clean_databases, caplog
+):
     """The server refuses the connection (as PostgreSQL restarting, or answering ``too
     many clients``): one warning line, nothing raised (Nameko would log a crash)."""
     insert_holds(clean_databases["products"], ["ref-1"])
     unreachable = database_at("postgresql+psycopg2://postgres@127.0.0.1:1/shop_products")
-    worker = worker_factory(ProductsService, db=unreachable,
-                            config={**base_config, "HOLD_CONFIRM_AGE": 0})
+    worker = worker_factory(
+        ProductsService, db=unreachable, config={**base_config, "HOLD_CONFIRM_AGE": 0}
+    )
     worker.reconcile_holds()
     [warning] = tick_warnings(caplog)
     assert warning.getMessage().startswith(
-        "hold reconciliation postponed to the next tick: OperationalError: ")
+        "hold reconciliation postponed to the next tick: OperationalError: "
+    )
     assert (warning.job, warning.error) == ("hold reconciliation", "OperationalError")
     worker.orders.order_states.assert_not_called()
     unreachable.engine.dispose()
@@ -495,7 +549,8 @@ def test_a_busy_database_mid_batch_rolls_the_batch_back(base_config, clean_datab
     busy = database_at(engine.url, options="-c lock_timeout=100")
     worker = worker_factory(ProductsService, db=busy, config={**base_config, "HOLD_CONFIRM_AGE": 0})
     worker.orders.order_states.side_effect = answering(
-        dict.fromkeys(["ref-1", "ref-2"], "confirmed"))
+        dict.fromkeys(["ref-1", "ref-2"], "confirmed")
+    )
     with engine.connect() as locker:  # SHARE: the batch's SELECT FOR UPDATE passes, not its UPDATE
         locker.execute(text("LOCK TABLE order_holds IN SHARE MODE"))
         worker.reconcile_holds()

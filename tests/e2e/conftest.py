@@ -4,6 +4,7 @@ One stack for the whole folder (tests/harness.py): customers x1, products x2, or
 gateway processes on free ports, on their own RabbitMQ vhost and the test databases.
 Tests talk to it only through HTTP (and read the databases to check invariants).
 """
+
 import pytest
 
 from tests.harness import books_balance, stack_on_vhost
@@ -15,8 +16,14 @@ PROCESSES = {"customers": 1, "products": 2, "orders": 2}
 def stack(request, rabbit_manager, databases, tmp_path_factory):
     """Up for the tests of this folder only: the fault layer starts stacks of its own, and
     two at once would exceed PostgreSQL's default 100 connections."""
-    with stack_on_vhost(request, rabbit_manager, databases,
-                        str(tmp_path_factory.mktemp("e2e-stack")), "shop_e2e", PROCESSES) as running:
+    with stack_on_vhost(
+        request,
+        rabbit_manager,
+        databases,
+        str(tmp_path_factory.mktemp("e2e-stack")),
+        "shop_e2e",
+        PROCESSES,
+    ) as running:
         yield running
 
 

@@ -8,6 +8,7 @@
   (after a little traffic), except the few that only faults produce (``FAULT_ONLY``):
   those must at least be declared by a process (a ``# TYPE`` line with no sample yet).
 """
+
 import json
 import re
 import time
@@ -33,13 +34,54 @@ FAULT_ONLY = {"shop_orders_recovered_total", "shop_db_errors_total"}
 # Words of PromQL that look like a metric name but are not one (functions are also
 # recognised by the "(" after them; this list covers keywords and modifiers).
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk",
-    "quantile", "count_values", "limitk", "limit_ratio",
-    "by", "without", "on", "ignoring", "group_left", "group_right",
-    "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
-    "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile",
-    "clamp", "clamp_min", "clamp_max", "abs", "vector", "scalar", "label_replace",
-    "label_join", "absent", "sort", "sort_desc", "time", "timestamp",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "limitk",
+    "limit_ratio",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "deriv",
+    "histogram_quantile",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "abs",
+    "vector",
+    "scalar",
+    "label_replace",
+    "label_join",
+    "absent",
+    "sort",
+    "sort_desc",
+    "time",
+    "timestamp",
 }
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", re.I)
@@ -60,17 +102,28 @@ def metric_names(expr):
     return {name for name in IDENTIFIER.findall(expr) if name.lower() not in PROMQL_WORDS}
 
 
-@pytest.mark.parametrize("expr, names", [
-    ('histogram_quantile(0.99, sum by (service, le) (rate(shop_entrypoint_duration_seconds_bucket'
-     '{service=~"$service", entrypoint!="a{b}"}[$__rate_interval])))',
-     {"shop_entrypoint_duration_seconds_bucket"}),
-    ('max by (service) (pool{state="checked_out"} / ignoring (state) group_left pool{state="size"})'
-     " > bool 0.5 or on (job) vector(0)", {"pool"}),
-    ("sum(rate(a_total[5m] offset 1h)) / clamp_min(sum without (x) (rate(b:c_total[5m:1m])), 1e-9)"
-     " unless up", {"a_total", "b:c_total", "up"}),
-    ('sum(rate(x_total{job="y"}[1m])) by (job)', {"x_total"}),
-    ("vector(1) + scalar(time())", set()),
-])
+@pytest.mark.parametrize(
+    "expr, names",
+    [
+        (
+            "histogram_quantile(0.99, sum by (service, le) (rate(shop_entrypoint_duration_seconds_bucket"
+            '{service=~"$service", entrypoint!="a{b}"}[$__rate_interval])))',
+            {"shop_entrypoint_duration_seconds_bucket"},
+        ),
+        (
+            'max by (service) (pool{state="checked_out"} / ignoring (state) group_left pool{state="size"})'
+            " > bool 0.5 or on (job) vector(0)",
+            {"pool"},
+        ),
+        (
+            "sum(rate(a_total[5m] offset 1h)) / clamp_min(sum without (x) (rate(b:c_total[5m:1m])), 1e-9)"
+            " unless up",
+            {"a_total", "b:c_total", "up"},
+        ),
+        ('sum(rate(x_total{job="y"}[1m])) by (job)', {"x_total"}),
+        ("vector(1) + scalar(time())", set()),
+    ],
+)
 def test_metric_names_extracts_what_a_query_selects(expr, names):
     assert metric_names(expr) == names
 
@@ -83,8 +136,11 @@ def load_dashboard():
 def queries(dashboard):
     """``[(where, expr)]``: every panel target, and the metric part of every
     ``label_values(metric, label)`` template variable."""
-    found = [(f"panel {panel['id']} {panel['title']!r}", target["expr"])
-             for panel in dashboard["panels"] for target in panel["targets"]]
+    found = [
+        (f"panel {panel['id']} {panel['title']!r}", target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
     for variable in dashboard.get("templating", {}).get("list", []):
         if variable.get("type") == "query":
             query = variable["query"]
@@ -150,7 +206,10 @@ def test_provisioning_matches_the_dashboard():
     with open(DATASOURCES) as stream:
         [source] = yaml.safe_load(stream)["datasources"]
     assert (source["uid"], source["type"], source["url"]) == (
-        "prometheus", "prometheus", "http://prometheus:9090")
+        "prometheus",
+        "prometheus",
+        "http://prometheus:9090",
+    )
     assert {panel["datasource"]["uid"] for panel in load_dashboard()["panels"]} == {source["uid"]}
     with open(PROVIDERS) as stream:
         [provider] = yaml.safe_load(stream)["providers"]
@@ -170,8 +229,10 @@ def test_provisioning_matches_the_dashboard():
     assert set(discovered["names"]) == {"customers", "products", "orders"}
     [relabel] = job["relabel_configs"]
     assert (relabel["source_labels"], relabel["target_label"]) == (["__meta_dns_name"], "service")
-    addresses = [*gateways["targets"],
-                 *(f"{name}:{discovered['port']}" for name in discovered["names"])]
+    addresses = [
+        *gateways["targets"],
+        *(f"{name}:{discovered['port']}" for name in discovered["names"]),
+    ]
     for address in addresses:  # a compose service, on the port it serves /metrics on
         host, port = address.rsplit(":", 1)
         environment = compose[host]["environment"]
@@ -179,9 +240,14 @@ def test_provisioning_matches_the_dashboard():
         assert listen.endswith(f":{port}"), address
 
 
-SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
-            "summary": ("", "_count", "_sum"), "gauge": ("",), "info": ("_info",),
-            "unknown": ("",)}
+SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "unknown": ("",),
+}
 
 
 def scrape(stack):
@@ -214,8 +280,9 @@ def drive_traffic(api):
 
     def order(quantity):
         lines = [{"id": product.json()["id"], "quantity": quantity}]
-        return requests.post(f"{api}/api/orders",
-                             json={"customer_id": customer.json()["id"], "products": lines})
+        return requests.post(
+            f"{api}/api/orders", json={"customer_id": customer.json()["id"], "products": lines}
+        )
 
     confirmed = order(1)
     assert confirmed.status_code == 201, confirmed.text
@@ -227,8 +294,11 @@ def drive_traffic(api):
 
 def unexported(referenced, samples, declared):
     """The referenced names with no sample (a ``FAULT_ONLY`` name: not even declared)."""
-    return {name for name in referenced
-            if name not in samples and not (name in FAULT_ONLY and name in declared)}
+    return {
+        name
+        for name in referenced
+        if name not in samples and not (name in FAULT_ONLY and name in declared)
+    }
 
 
 def test_every_metric_of_the_dashboard_is_exported(stack, api):
@@ -246,6 +316,7 @@ def test_every_metric_of_the_dashboard_is_exported(stack, api):
             break
         time.sleep(0.5)
     assert not missing, "not exported by any process:\n" + "\n".join(
-        f"  {name}: {', '.join(sorted(set(where[name])))}" for name in sorted(missing))
+        f"  {name}: {', '.join(sorted(set(where[name])))}" for name in sorted(missing)
+    )
     # the exemption stays honest: a fault-only name is still one the shop declares
     assert FAULT_ONLY <= declared

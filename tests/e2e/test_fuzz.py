@@ -29,6 +29,7 @@ and the statuses they were answered with.
 ``REGRESSIONS`` pins each server bug that the fuzzing, or probing around what it found,
 turned up: the exact request and what a fixed service may answer.
 """
+
 import collections
 import os
 import time
@@ -84,8 +85,12 @@ def http_session():
 def seeded_api(api, http_session):
     """The gateway in front of a customer 1, a product 1, a confirmed order 1 and a
     cancelled order 2."""
-    for path, body in (("customers", SEED["customer"]), ("products", SEED["product"]),
-                       ("orders", SEED["order"]), ("orders", SEED["order"])):
+    for path, body in (
+        ("customers", SEED["customer"]),
+        ("products", SEED["product"]),
+        ("orders", SEED["order"]),
+        ("orders", SEED["order"]),
+    ):
         response = http_session.post(f"{api}/api/{path}", json=body, timeout=30)
         assert response.status_code == 201, response.text
     assert http_session.post(f"{api}/api/orders/2/cancel", timeout=30).status_code == 200
@@ -136,8 +141,9 @@ def fuzz_report(request):
         assert off_mode >= MIN_CASES, f"only {off_mode} cases were sent with auth off"
 
 
-def fuzz_test(operation_id, fuzzed_schema=schema, target="served_api", caller=None,
-              max_examples=MAX_EXAMPLES):
+def fuzz_test(
+    operation_id, fuzzed_schema=schema, target="served_api", caller=None, max_examples=MAX_EXAMPLES
+):
     """``test_fuzz_<operationId>``: one pytest test per operation. (One test for the whole
     schema, ``@schema.parametrize()`` on a single function, gives every operation the same
     node id under pytest 9.2, which breaks selection and reporting.) ``target`` is the
@@ -153,7 +159,10 @@ def fuzz_test(operation_id, fuzzed_schema=schema, target="served_api", caller=No
             # a key generated twice for different bodies is a legitimate 422, not a spec miss
             case.headers["Idempotency-Key"] = uuid.uuid4().hex
         if caller:
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {JWT_CALLERS[caller]()}"}
+            case.headers = {
+                **(case.headers or {}),
+                "Authorization": f"Bearer {JWT_CALLERS[caller]()}",
+            }
         response = case.call_and_validate(base_url=base_url, session=http_session, checks=CHECKS)
         statuses[label][response.status_code] += 1
 
@@ -209,8 +218,9 @@ def served_jwt_api(seeded_api, jwt_gateway, http_session):
 
 for _caller in JWT_CALLERS:
     for _operation_id in OPERATION_IDS:
-        _name, _test = fuzz_test(_operation_id, jwt_schema, "served_jwt_api", _caller,
-                                 JWT_MAX_EXAMPLES)
+        _name, _test = fuzz_test(
+            _operation_id, jwt_schema, "served_jwt_api", _caller, JWT_MAX_EXAMPLES
+        )
         globals()[_name] = _test
 
 
@@ -251,8 +261,12 @@ class Api:
 
 @regression
 def name_with_NUL_500(api):
-    api.answer("POST", "/api/customers", {422}, json={"name": "a\u0000b", "email": "nul@example.com"})
-    api.answer("POST", "/api/products", {422}, json={"price": 583.01, "stock": 24, "name": "ab\u0000"})
+    api.answer(
+        "POST", "/api/customers", {422}, json={"name": "a\u0000b", "email": "nul@example.com"}
+    )
+    api.answer(
+        "POST", "/api/products", {422}, json={"price": 583.01, "stock": 24, "name": "ab\u0000"}
+    )
 
 
 @regression
@@ -280,7 +294,9 @@ def deeply_nested_json_body_500(api):
 
 @regression
 def order_total_over_numeric_14_2_500(api):
-    product = api.create("/api/products", {"name": "globe", "price": "9999999999.99", "stock": 1000})
+    product = api.create(
+        "/api/products", {"name": "globe", "price": "9999999999.99", "stock": 1000}
+    )
     order = {"customer_id": 1, "products": [{"id": product["id"], "quantity": 101}]}
     response = api.answer("POST", "/api/orders", {422}, json=order)
     assert response.json()["error"] == "order_total_too_large"
@@ -303,8 +319,9 @@ def double_slash_400_with_redirect_url(api):
 def merged_lines_over_int4_stored_a_rejected_order(api):
     key = {"Idempotency-Key": "regression-merged-lines"}
     lines = [{"id": 1, "quantity": 2**31 - 1}, {"id": 1, "quantity": 1}]
-    response = api.answer("POST", "/api/orders", {422}, headers=key,
-                          json={"customer_id": 1, "products": lines})
+    response = api.answer(
+        "POST", "/api/orders", {422}, headers=key, json={"customer_id": 1, "products": lines}
+    )
     assert response.json()["details"].keys() == {"products"}  # the client's field name
     # Nothing was stored under the key: it is still free for a valid order.
     api.answer("POST", "/api/orders", {201}, headers=key, json=SEED["order"])

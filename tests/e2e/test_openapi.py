@@ -8,6 +8,7 @@ page (/api/docs) against the code and the live gateway.
 * the docs page and each asset it loads answer 200 with the right content type, from the
   gateway itself (no CDN), and nothing outside the Swagger UI distribution is served.
 """
+
 import http.client
 import inspect
 import re
@@ -24,10 +25,19 @@ from gateway import authz, openapi
 from gateway.service import GatewayService
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-WERKZEUG_PARAM = re.compile(r"<(?:(?P<converter>[a-z_]+)(?:\([^)]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
+WERKZEUG_PARAM = re.compile(
+    r"<(?:(?P<converter>[a-z_]+)(?:\([^)]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>"
+)
 # werkzeug converter -> the JSON Schema type of the matching OpenAPI path parameter
-CONVERTER_TYPES = {None: "string", "default": "string", "string": "string", "path": "string",
-                   "int": "integer", "float": "number", "uuid": "string"}
+CONVERTER_TYPES = {
+    None: "string",
+    "default": "string",
+    "string": "string",
+    "path": "string",
+    "int": "integer",
+    "float": "number",
+    "uuid": "string",
+}
 # POSTs whose example bodies depend on each other, in the order they must be sent.
 CREATE_ORDER = ["/api/customers", "/api/products", "/api/orders"]
 
@@ -100,7 +110,7 @@ def test_every_http_route_is_in_the_spec_and_nothing_else(spec):
 
 
 def test_path_parameters_match_the_routes(spec):
-    for (method, path), (name, params) in http_routes().items():
+    for (method, path), (_name, params) in http_routes().items():
         operation = spec_operations(spec)[(method, path)]
         declared = {p["name"]: p for p in parameters(spec, path, operation) if p["in"] == "path"}
         assert set(declared) == set(params), (method, path)
@@ -130,8 +140,13 @@ def test_every_post_documents_idempotency_and_errors(spec):
                 assert status in responses, (path, status)
         for status, response in responses.items():
             if status.startswith(("4", "5")) and path != "/ready":
-                schema = resolve(spec, resolve(spec, response)["content"]["application/json"]["schema"])
-                assert schema == resolve(spec, {"$ref": "#/components/schemas/Error"}), (path, status)
+                schema = resolve(
+                    spec, resolve(spec, response)["content"]["application/json"]["schema"]
+                )
+                assert schema == resolve(spec, {"$ref": "#/components/schemas/Error"}), (
+                    path,
+                    status,
+                )
 
 
 def test_served_spec_is_the_file_with_the_modes_security(stack, api):
@@ -172,19 +187,48 @@ def test_every_operation_declares_the_rule_the_gateway_enforces(spec):
         assert statuses <= set(operation["responses"]), (name, statuses)
 
 
-@pytest.mark.parametrize("mode, signup_is_admins, secured", [
-    ("off", False, set()),
-    ("tokens", False, {"create_customer", "create_product", "create_order", "cancel_order"}),
-    ("jwt", False, {"list_customers", "get_customer", "list_customer_orders", "create_product",
-                    "create_order", "get_order", "cancel_order"}),
-    ("jwt", True, {"create_customer", "list_customers", "get_customer", "list_customer_orders",
-                   "create_product", "create_order", "get_order", "cancel_order"}),
-])
+@pytest.mark.parametrize(
+    "mode, signup_is_admins, secured",
+    [
+        ("off", False, set()),
+        ("tokens", False, {"create_customer", "create_product", "create_order", "cancel_order"}),
+        (
+            "jwt",
+            False,
+            {
+                "list_customers",
+                "get_customer",
+                "list_customer_orders",
+                "create_product",
+                "create_order",
+                "get_order",
+                "cancel_order",
+            },
+        ),
+        (
+            "jwt",
+            True,
+            {
+                "create_customer",
+                "list_customers",
+                "get_customer",
+                "list_customer_orders",
+                "create_product",
+                "create_order",
+                "get_order",
+                "cancel_order",
+            },
+        ),
+    ],
+)
 def test_the_served_spec_says_what_the_mode_requires(mode, signup_is_admins, secured):
     """Operations whose only security requirement is the bearer token, per mode."""
     served = openapi.served_spec(mode, signup_is_admins)
-    required = {op["operationId"] for op in spec_operations(served).values()
-                if op["security"] == [{"bearer": []}]}
+    required = {
+        op["operationId"]
+        for op in spec_operations(served).values()
+        if op["security"] == [{"bearer": []}]
+    }
     assert required == secured
 
 
@@ -194,7 +238,9 @@ def test_every_request_example_is_accepted(spec, stack, api):
     its path parameters' examples; the cancel (a state change) last."""
     operations = spec_operations(spec)
     with_body = {path for (method, path), op in operations.items() if "requestBody" in op}
-    assert with_body == set(CREATE_ORDER), "a new POST with a body: give it its place in CREATE_ORDER"
+    assert with_body == set(CREATE_ORDER), (
+        "a new POST with a body: give it its place in CREATE_ORDER"
+    )
     session = requests.Session()
     created = {}
     for path in CREATE_ORDER:
@@ -228,8 +274,11 @@ def test_every_request_example_is_accepted(spec, stack, api):
     for path, operation in gets:
         response = session.get(url(path, operation), timeout=30)
         assert 200 <= response.status_code < 300, (path, response.status_code, response.text[:500])
-    cancels = [(path, op) for (method, path), op in operations.items()
-               if method == "POST" and "requestBody" not in op]
+    cancels = [
+        (path, op)
+        for (method, path), op in operations.items()
+        if method == "POST" and "requestBody" not in op
+    ]
     assert cancels
     for path, operation in cancels:
         response = session.post(url(path, operation), timeout=30)
@@ -250,8 +299,12 @@ class AssetLinks(HTMLParser):
             self.links.append(attrs["href"])
 
 
-EXPECTED_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png",
-                  ".json": "application/json"}
+EXPECTED_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".png": "image/png",
+    ".json": "application/json",
+}
 
 
 def test_docs_page_and_its_assets_load_from_the_gateway(stack, api):
@@ -279,18 +332,21 @@ def test_docs_page_and_its_assets_load_from_the_gateway(stack, api):
     assert bundle.headers["Content-Type"] == "text/javascript; charset=utf-8"
 
 
-@pytest.mark.parametrize("raw_path", [
-    "/api/docs/../openapi.json",
-    "/api/docs/../../gateway/openapi.py",
-    "/api/docs/%2e%2e/%2e%2e/gateway/openapi.yaml",
-    "/api/docs/..%2F..%2Fservice.py",
-    "/api/docs//etc/passwd",
-    "/api/docs/vendor/../swagger-ui.css",
-    "/api/docs/index.j2",
-    "/api/docs/swagger-initializer.js",
-    "/api/docs/nothing.js",
-    "/api/docs/swagger-ui.css%00.png",
-])
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/api/docs/../openapi.json",
+        "/api/docs/../../gateway/openapi.py",
+        "/api/docs/%2e%2e/%2e%2e/gateway/openapi.yaml",
+        "/api/docs/..%2F..%2Fservice.py",
+        "/api/docs//etc/passwd",
+        "/api/docs/vendor/../swagger-ui.css",
+        "/api/docs/index.j2",
+        "/api/docs/swagger-initializer.js",
+        "/api/docs/nothing.js",
+        "/api/docs/swagger-ui.css%00.png",
+    ],
+)
 def test_docs_assets_serve_nothing_else(stack, api, raw_path):
     """The raw path goes on the wire as written (no client-side dot-segment removal)."""
     host, port = urlparse(api).hostname, urlparse(api).port

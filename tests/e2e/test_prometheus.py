@@ -7,6 +7,7 @@ already hold what earlier tests did: every assertion is on what changed between 
 moments, each read after a scrape that started once the shop was quiet (see
 :meth:`Prometheus.settled`).
 """
+
 import math
 import os
 import shutil
@@ -17,8 +18,8 @@ import pytest
 import requests
 import yaml
 
-from scripts.prometheus_conf import render
 from scripts.processes import free_port
+from scripts.prometheus_conf import render
 from tests.e2e.test_order_lifecycle import setup_shop
 
 SCRAPE_INTERVAL = "1s"
@@ -37,12 +38,15 @@ COUNTERS = {
     "rejected": 'sum(shop_orders_total{status="rejected",reason="insufficient_stock"})',
     "http_201": 'sum(shop_http_responses_total{route="create_order",status="201"})',
     "http_409": 'sum(shop_http_responses_total{route="create_order",status="409"})',
-    "orders_create_order": 'sum(shop_entrypoint_duration_seconds_count'
-                           '{service="orders",entrypoint="create_order"})',
+    "orders_create_order": "sum(shop_entrypoint_duration_seconds_count"
+    '{service="orders",entrypoint="create_order"})',
 }
 EXPECTED = {
-    "confirmed": CONFIRMED, "rejected": REJECTED, "http_201": CONFIRMED,
-    "http_409": REJECTED, "orders_create_order": CONFIRMED + REJECTED,
+    "confirmed": CONFIRMED,
+    "rejected": REJECTED,
+    "http_201": CONFIRMED,
+    "http_409": REJECTED,
+    "orders_create_order": CONFIRMED + REJECTED,
 }
 
 
@@ -75,8 +79,10 @@ class Prometheus:
 
     def buckets(self, at):
         """``{le: count}`` of the gateway's create_order histogram, summed over gateways."""
-        return {float(labels["le"]): value
-                for labels, value in self.query(f"sum by (le) ({GATEWAY_CREATE_ORDER})", at)}
+        return {
+            float(labels["le"]): value
+            for labels, value in self.query(f"sum by (le) ({GATEWAY_CREATE_ORDER})", at)
+        }
 
     def targets(self):
         return self.api("targets", state="active")["activeTargets"]
@@ -106,23 +112,34 @@ def prometheus(stack, tmp_path):
     with the configuration ``make up`` would write for it; always stopped by its pid."""
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not os.access(binary, os.X_OK):
-        pytest.fail("no prometheus server binary: apt-get install prometheus "
-                    "(Debian's package; .ci/run installs it)")
+        pytest.fail(
+            "no prometheus server binary: apt-get install prometheus "
+            "(Debian's package; .ci/run installs it)"
+        )
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump(render(stack.config, SCRAPE_INTERVAL), sort_keys=False))
     address = f"127.0.0.1:{free_port()}"
     log_path = tmp_path / "prometheus.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address={address}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address={address}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     server = Prometheus(f"http://{address}", log_path)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
-            assert process.poll() is None, f"prometheus exited {process.returncode}; {server.log_tail()}"
+            assert process.poll() is None, (
+                f"prometheus exited {process.returncode}; {server.log_tail()}"
+            )
             try:
                 if requests.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
                     break
@@ -183,13 +200,18 @@ def test_prometheus_scrapes_every_process_and_counts_what_was_ordered(stack, api
     Prometheus itself (``@`` modifier) and must agree. The whole-history quantile is only
     checked to be a finite positive number."""
     # Every target of the stack, as the generator listed them, scraped and up.
-    expected = {(f"http://{target}/metrics", service)
-                for service, targets in stack.metrics_targets.items() for target in targets}
+    expected = {
+        (f"http://{target}/metrics", service)
+        for service, targets in stack.metrics_targets.items()
+        for target in targets
+    }
     deadline = time.monotonic() + SCRAPE_DEADLINE
     while True:
         targets = prometheus.targets()
         seen = {(t["scrapeUrl"], t["labels"]["service"]) for t in targets}
-        down = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets if t["health"] != "up"]
+        down = [
+            (t["scrapeUrl"], t["health"], t["lastError"]) for t in targets if t["health"] != "up"
+        ]
         if seen == expected and not down:
             break
         assert time.monotonic() < deadline, (
@@ -221,8 +243,9 @@ def test_prometheus_scrapes_every_process_and_counts_what_was_ordered(stack, api
     deadline = time.monotonic() + SCRAPE_DEADLINE
     while True:
         end = prometheus.settled(placed, len(expected), deadline)
-        increase = {name: prometheus.scalar(promql, end) - before[name]
-                    for name, promql in COUNTERS.items()}
+        increase = {
+            name: prometheus.scalar(promql, end) - before[name] for name, promql in COUNTERS.items()
+        }
         buckets_after = prometheus.buckets(end)
         observed = buckets_after.get(math.inf, 0) - buckets_before.get(math.inf, 0)
         reached = all(increase[name] >= EXPECTED[name] for name in EXPECTED)
@@ -244,12 +267,14 @@ def test_prometheus_scrapes_every_process_and_counts_what_was_ordered(stack, api
     summed = f"sum by (le) ({GATEWAY_CREATE_ORDER})"
     summed_before = f"sum by (le) ({GATEWAY_CREATE_ORDER} @ {start:.3f})"
     promql_delta = f"{summed} - ({summed_before} or 0 * {summed})"
-    (_, by_prometheus), = prometheus.query(f"histogram_quantile(0.5, {promql_delta})", end)
+    ((_, by_prometheus),) = prometheus.query(f"histogram_quantile(0.5, {promql_delta})", end)
     assert by_prometheus == pytest.approx(median), (by_prometheus, median)
 
     whole_history = prometheus.scalar(f"histogram_quantile(0.5, {summed})", end)
     assert math.isfinite(whole_history) and whole_history > 0, whole_history
-    print(f"\nclient latency max {worst * 1000:.1f} ms, median "
-          f"{sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms; gateway median from the "
-          f"delta {median * 1000:.1f} ms (bound {bound}); whole history "
-          f"{whole_history * 1000:.1f} ms")
+    print(
+        f"\nclient latency max {worst * 1000:.1f} ms, median "
+        f"{sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms; gateway median from the "
+        f"delta {median * 1000:.1f} ms (bound {bound}); whole history "
+        f"{whole_history * 1000:.1f} ms"
+    )

@@ -2,6 +2,7 @@
 gateways, two products processes and two orders processes, then invariants checked in
 the databases (stock never negative; units sold + stock left = stock added; each
 confirmed order decremented exactly once)."""
+
 import time
 from collections import Counter
 
@@ -26,8 +27,10 @@ def place_orders(stack, bodies, concurrency=CLIENTS):
     started = time.monotonic()
     statuses = list(pool.imap(post, enumerate(bodies)))
     elapsed = time.monotonic() - started
-    print(f"\n{len(bodies)} orders in {elapsed:.2f}s: {len(bodies) / elapsed:.0f} orders/s "
-          f"{dict(Counter(statuses))}")
+    print(
+        f"\n{len(bodies)} orders in {elapsed:.2f}s: {len(bodies) / elapsed:.0f} orders/s "
+        f"{dict(Counter(statuses))}"
+    )
     return statuses
 
 
@@ -61,11 +64,18 @@ def test_crossed_orders_neither_deadlock_nor_oversell(stack, api, assert_books_b
 
 def test_mixed_load_over_many_products_balances(stack, api, assert_books_balance):
     customer = create(api, "customers", {"name": "c", "email": "c@example.com"})
-    stock_added = {create(api, "products", {"name": f"p{n}", "price": "1.5", "stock": 7}): 7 for n in range(6)}
+    stock_added = {
+        create(api, "products", {"name": f"p{n}", "price": "1.5", "stock": 7}): 7 for n in range(6)
+    }
     ids = sorted(stock_added)
     bodies = [
-        {"customer_id": customer,
-         "products": [{"id": ids[n % 6], "quantity": 1 + n % 3}, {"id": ids[(n * 5 + 1) % 6], "quantity": 1}]}
+        {
+            "customer_id": customer,
+            "products": [
+                {"id": ids[n % 6], "quantity": 1 + n % 3},
+                {"id": ids[(n * 5 + 1) % 6], "quantity": 1},
+            ],
+        }
         for n in range(CLIENTS)
     ]
     statuses = place_orders(stack, bodies)

@@ -1,6 +1,7 @@
 """Fault layer: a fresh stack per test (tests/harness.py) with short timeouts and fast
 recovery, a concurrent order load in which every request carries its own
 Idempotency-Key, and the checks that must hold once the fault is healed."""
+
 import itertools
 import random
 import time
@@ -34,9 +35,15 @@ SETTLE_SECONDS = 120
 
 @pytest.fixture
 def stack(request, rabbit_manager, clean_databases, test_db_uris, tmp_path_factory):
-    with stack_on_vhost(request, rabbit_manager, test_db_uris,
-                        str(tmp_path_factory.mktemp("fault-stack")), "shop_faults", PROCESSES,
-                        **FAST_RECOVERY) as running:
+    with stack_on_vhost(
+        request,
+        rabbit_manager,
+        test_db_uris,
+        str(tmp_path_factory.mktemp("fault-stack")),
+        "shop_faults",
+        PROCESSES,
+        **FAST_RECOVERY,
+    ) as running:
         yield running
 
 
@@ -52,8 +59,10 @@ class OrderLoad:
         self.bodies = {
             f"load-{n}": {
                 "customer_id": customer_id,
-                "products": [{"id": pid, "quantity": rng.randint(1, 2)}
-                             for pid in rng.sample(product_ids, rng.randint(1, 2))],
+                "products": [
+                    {"id": pid, "quantity": rng.randint(1, 2)}
+                    for pid in rng.sample(product_ids, rng.randint(1, 2))
+                ],
             }
             for n in range(count)
         }
@@ -71,8 +80,12 @@ class OrderLoad:
         url = next(self._round_robin)
         started = time.monotonic()
         try:
-            response = self.http.post(f"{url}/api/orders", json=self.bodies[key],
-                                      headers={"Idempotency-Key": key}, timeout=20)
+            response = self.http.post(
+                f"{url}/api/orders",
+                json=self.bodies[key],
+                headers={"Idempotency-Key": key},
+                timeout=20,
+            )
             answer = (response.status_code, response.json())
         except requests.RequestException as exc:
             answer = (None, None)
@@ -98,7 +111,8 @@ class OrderLoad:
         "longest_answer_s": s}`` over every attempt."""
         statuses = [status for status, _ in self.attempts]
         return {
-            "503": statuses.count(503), "504": statuses.count(504),
+            "503": statuses.count(503),
+            "504": statuses.count(504),
             "no answer": statuses.count(None),
             "longest_answer_s": round(max(seconds for _, seconds in self.attempts), 2),
         }
@@ -134,10 +148,14 @@ def connection_failure_kind(exc):
 def shop(stack):
     """A customer and five products of 60 units each, through the API."""
     api = stack.urls[0]
-    customer = requests.post(f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}).json()
+    customer = requests.post(
+        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}
+    ).json()
     stock_added = {}
     for n in range(5):
-        product = requests.post(f"{api}/api/products", json={"name": f"p{n}", "price": "1.25", "stock": 60}).json()
+        product = requests.post(
+            f"{api}/api/products", json={"name": f"p{n}", "price": "1.25", "stock": 60}
+        ).json()
         stock_added[product["id"]] = 60
     return customer["id"], stock_added
 
@@ -163,9 +181,14 @@ def check_books(clean_databases, shop, load):
             time.sleep(1)
         with clean_databases["orders"].connect() as conn:
             assert conn.scalar(text("SELECT count(*) FROM orders WHERE status = 'pending'")) == 0
-            assert conn.execute(text(
-                "SELECT idempotency_key FROM orders GROUP BY idempotency_key HAVING count(*) > 1"
-            )).all() == []
+            assert (
+                conn.execute(
+                    text(
+                        "SELECT idempotency_key FROM orders GROUP BY idempotency_key HAVING count(*) > 1"
+                    )
+                ).all()
+                == []
+            )
             by_key = dict(conn.execute(text("SELECT idempotency_key, status FROM orders")).all())
             ids = dict(conn.execute(text("SELECT idempotency_key, id FROM orders")).all())
         for key, (status, body, _) in load.answers.items():

@@ -15,6 +15,7 @@ holds in the products database (on 100 products of their own, with no stock left
 
 Bounded: the readers stop with the load (or after READ_SECONDS); about a minute in all,
 the stack's start and stop included."""
+
 import contextlib
 import time
 
@@ -39,33 +40,54 @@ def seed_heavy_orders(engines, customer_id):
     their confirmed holds, in a few INSERT ... SELECT statements. Returns their ids."""
     refs = "'heavy-' || n"
     with engines["products"].begin() as conn:
-        product_ids = conn.scalars(text(
-            "INSERT INTO products (name, price, stock) "
-            "SELECT 'heavy product ' || n, 1.00, 0 FROM generate_series(1, :lines) n "
-            "RETURNING id"), {"lines": LINES_PER_ORDER}).all()
-        conn.execute(text(
-            f"INSERT INTO order_holds (order_ref, status) SELECT {refs}, 'confirmed' "
-            "FROM generate_series(1, :orders) n"), {"orders": HEAVY_ORDERS})
-        conn.execute(text(
-            f"INSERT INTO reservations (order_ref, product_id, quantity, unit_price) "
-            f"SELECT {refs}, p, 1, 1.00 FROM generate_series(1, :orders) n, unnest(:products) p"),
-            {"orders": HEAVY_ORDERS, "products": product_ids})
+        product_ids = conn.scalars(
+            text(
+                "INSERT INTO products (name, price, stock) "
+                "SELECT 'heavy product ' || n, 1.00, 0 FROM generate_series(1, :lines) n "
+                "RETURNING id"
+            ),
+            {"lines": LINES_PER_ORDER},
+        ).all()
+        conn.execute(
+            text(
+                f"INSERT INTO order_holds (order_ref, status) SELECT {refs}, 'confirmed' "
+                "FROM generate_series(1, :orders) n"
+            ),
+            {"orders": HEAVY_ORDERS},
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO reservations (order_ref, product_id, quantity, unit_price) "
+                f"SELECT {refs}, p, 1, 1.00 FROM generate_series(1, :orders) n, unnest(:products) p"
+            ),
+            {"orders": HEAVY_ORDERS, "products": product_ids},
+        )
     with engines["orders"].begin() as conn:
-        ids = conn.scalars(text(
-            f"INSERT INTO orders (order_ref, customer_id, status, total, requested, "
-            f"idempotency_key) "
-            f"SELECT {refs}, :customer, 'confirmed', :lines, "
-            "(SELECT jsonb_agg(jsonb_build_object('id', p, 'quantity', 1) ORDER BY p) "
-            "   FROM unnest(:products) p), "
-            f"{refs} FROM generate_series(1, :orders) n ORDER BY n RETURNING id"),
-            {"customer": customer_id, "lines": LINES_PER_ORDER, "orders": HEAVY_ORDERS,
-             "products": product_ids}).all()
-        conn.execute(text(
-            "INSERT INTO order_lines (order_id, product_id, product_name, quantity, unit_price) "
-            "SELECT o.id, p, 'heavy product ' || p, 1, 1.00 "
-            "FROM orders o, unnest(:products) p WHERE o.customer_id = :customer "
-            "ORDER BY o.id, p"),  # an order's lines together, as an order writes them
-            {"customer": customer_id, "products": product_ids})
+        ids = conn.scalars(
+            text(
+                f"INSERT INTO orders (order_ref, customer_id, status, total, requested, "
+                f"idempotency_key) "
+                f"SELECT {refs}, :customer, 'confirmed', :lines, "
+                "(SELECT jsonb_agg(jsonb_build_object('id', p, 'quantity', 1) ORDER BY p) "
+                "   FROM unnest(:products) p), "
+                f"{refs} FROM generate_series(1, :orders) n ORDER BY n RETURNING id"
+            ),
+            {
+                "customer": customer_id,
+                "lines": LINES_PER_ORDER,
+                "orders": HEAVY_ORDERS,
+                "products": product_ids,
+            },
+        ).all()
+        conn.execute(
+            text(
+                "INSERT INTO order_lines (order_id, product_id, product_name, quantity, unit_price) "
+                "SELECT o.id, p, 'heavy product ' || p, 1, 1.00 "
+                "FROM orders o, unnest(:products) p WHERE o.customer_id = :customer "
+                "ORDER BY o.id, p"
+            ),  # an order's lines together, as an order writes them
+            {"customer": customer_id, "products": product_ids},
+        )
     return sorted(ids)
 
 
@@ -111,8 +133,9 @@ class HeavyReaders:
                 url = first
                 continue
             lines = sum(len(order["lines"]) for order in page)
-            self.reads.append((response.status_code, len(response.content),
-                               time.monotonic() - started, lines))
+            self.reads.append(
+                (response.status_code, len(response.content), time.monotonic() - started, lines)
+            )
             walked.extend(order["id"] for order in page)
             url = response.links["next"]["url"] if "next" in response.links else first
         if walked:
@@ -186,8 +209,9 @@ def test_order_placement_keeps_answering_while_heavy_reads_run(
     stack, shop, load, clean_databases, check_books, page_max_lines
 ):
     api = stack.urls[0]
-    heavy = requests.post(f"{api}/api/customers",
-                          json={"name": "heavy", "email": "heavy@example.com"}).json()["id"]
+    heavy = requests.post(
+        f"{api}/api/customers", json={"name": "heavy", "email": "heavy@example.com"}
+    ).json()["id"]
     heavy_ids = seed_heavy_orders(clean_databases, heavy)
 
     started = time.monotonic()  # one read alone first: the probe's size and time
@@ -239,7 +263,7 @@ def test_order_placement_keeps_answering_while_heavy_reads_run(
     assert max(lines for _, _, _, lines in readers.reads) <= page_max_lines, summary
     # ... and following Link walked the orders in order, each exactly once, no gap.
     assert readers.walks, summary
-    assert all(walk == heavy_ids[:len(walk)] for walk in readers.walks), summary
+    assert all(walk == heavy_ids[: len(walk)] for walk in readers.walks), summary
     # What a read can make an orders process hold is bounded; the gateways kept answering.
     assert watch.restarts == [], summary
     assert max(rss_peak.values()) < RSS_BOUND_MB, summary

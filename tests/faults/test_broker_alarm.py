@@ -5,6 +5,7 @@ waits, and once the alarm clears everything flows again without a restart.
 The stack runs on a private RabbitMQ node (tests/rabbit_node.py): the alarm is node-wide,
 and the default broker serves other tests.
 """
+
 import time
 
 import eventlet
@@ -15,7 +16,9 @@ from tests.faults.conftest import FAST_RECOVERY, PROCESSES
 from tests.harness import Stack, stack_env
 from tests.rabbit_node import private_rabbit_cluster
 
-ALARM_SECONDS = 12  # longer than every bound below: an answer that waits for the alarm to clear shows
+ALARM_SECONDS = (
+    12  # longer than every bound below: an answer that waits for the alarm to clear shows
+)
 SLACK = 1.0  # the issue's "within its bound + 1 s"
 READY_TIMEOUT = 2
 BOUNDS = {  # seconds, per kind of request
@@ -32,7 +35,8 @@ def stack(clean_databases, test_db_uris, tmp_path_factory):
     with private_rabbit_cluster(str(tmp_path_factory.mktemp("rabbit")), count=1) as broker:
         with Stack(
             stack_env(broker.amqp_uri, test_db_uris, READY_TIMEOUT=READY_TIMEOUT, **FAST_RECOVERY),
-            str(tmp_path_factory.mktemp("alarm-stack")), PROCESSES,
+            str(tmp_path_factory.mktemp("alarm-stack")),
+            PROCESSES,
         ) as running:
             running.rabbit = broker.nodes[0]
             yield running
@@ -94,8 +98,11 @@ def test_a_broker_alarm_under_load_keeps_every_bound(stack, shop, load, check_bo
 
     during = [a for a in answers if alarm_started + 1 < a[4] < alarm_clearing]
     after = [a for a in answers if a[4] > alarm_cleared + 2]
-    late = [(kind, status, round(seconds, 2)) for kind, status, _, seconds, _ in answers
-            if seconds > BOUNDS[kind]]
+    late = [
+        (kind, status, round(seconds, 2))
+        for kind, status, _, seconds, _ in answers
+        if seconds > BOUNDS[kind]
+    ]
     assert late == [], late
     order_seconds = [seconds for _, _, seconds in load.answers.values()]
     assert max(order_seconds) <= BOUNDS["order"], max(order_seconds)
@@ -107,7 +114,9 @@ def test_a_broker_alarm_under_load_keeps_every_bound(stack, shop, load, check_bo
         return status == 503 and body["details"].get("reason") == "broker_blocked"
 
     reads_during = [a for a in during if a[0] == "read"]
-    assert reads_during and all(blocked(a) for a in reads_during), [a for a in reads_during if not blocked(a)][:3]
+    assert reads_during and all(blocked(a) for a in reads_during), [
+        a for a in reads_during if not blocked(a)
+    ][:3]
     assert max(a[3] for a in reads_during) < 0.5  # failing fast, not waiting for a timer
     ready_during = [a for a in during if a[0] == "ready"]
     assert ready_during and all(blocked(a) for a in ready_during), ready_during[:3]

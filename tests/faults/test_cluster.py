@@ -2,6 +2,7 @@
 ``;``-separated AMQP_URI): a node killed under load, or every node restarted in turn,
 loses nothing. Each test runs on a fresh cluster of private nodes (never the default
 broker), started and stopped by the test."""
+
 import json
 import time
 
@@ -21,7 +22,8 @@ def stack(clean_databases, test_db_uris, tmp_path_factory):
     with private_rabbit_cluster(str(tmp_path_factory.mktemp("cluster")), count=3) as cluster:
         with Stack(
             stack_env(cluster.amqp_uri, test_db_uris, **FAST_RECOVERY),
-            str(tmp_path_factory.mktemp("cluster-stack")), PROCESSES,
+            str(tmp_path_factory.mktemp("cluster-stack")),
+            PROCESSES,
         ) as running:
             running.cluster = cluster
             yield running
@@ -32,8 +34,9 @@ def load(stack, shop, request):
     """Many clients: 30 at once, over five products (``count`` orders, 300 by default)."""
     customer_id, stock_added = shop
     count = getattr(request, "param", 300)
-    return OrderLoad(stack.urls, customer_id, sorted(stock_added), count=count, concurrency=30,
-                     pace=0.01)
+    return OrderLoad(
+        stack.urls, customer_id, sorted(stock_added), count=count, concurrency=30, pace=0.01
+    )
 
 
 def wait_ready(stack, since, within=READY_WITHIN):
@@ -79,8 +82,13 @@ def test_a_rolling_restart_of_every_node_under_load(stack, load, check_books):
     for node in stack.cluster.nodes:
         # the upgrade path: wait until every quorum queue keeps a majority without this
         # node, then stop it (SIGTERM) and start it again
-        node.ctl("await_online_quorum_plus_one", "--timeout", "60", timeout=90,
-                 tool_name="rabbitmq-upgrade")
+        node.ctl(
+            "await_online_quorum_plus_one",
+            "--timeout",
+            "60",
+            timeout=90,
+            tool_name="rabbitmq-upgrade",
+        )
         node.stop()
         eventlet.sleep(1)
         node.start()  # it rejoins the cluster with its own data

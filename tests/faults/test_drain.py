@@ -1,5 +1,6 @@
 """`make down` under load: the gateways drain, nothing needs SIGKILL, no connection with a
 request on it is aborted, and every order is accounted for once the stack is back."""
+
 import os
 import time
 
@@ -14,8 +15,9 @@ STOP_BOUND_SECONDS = FAST_RECOVERY["ORDERS_RPC_TIMEOUT"] + 1 + 3 * FAST_RECOVERY
 
 def test_stopping_the_stack_under_load_drains_every_gateway(stack, shop, check_books):
     customer_id, stock_added = shop
-    load = OrderLoad(stack.urls, customer_id, sorted(stock_added), count=600, concurrency=30,
-                     pace=0.005)
+    load = OrderLoad(
+        stack.urls, customer_id, sorted(stock_added), count=600, concurrency=30, pace=0.005
+    )
     load.start()
     deadline = time.monotonic() + 20
     while len(load.answers) < 30:  # in full flow, every client with a request in flight

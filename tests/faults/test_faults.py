@@ -5,6 +5,7 @@ must balance (see conftest.check_books).
 
 Bounded: 200 orders per test, each request times out after 20 s, settling after 120 s.
 Traffic goes to 127.0.0.1 only."""
+
 import os
 import signal
 import subprocess
@@ -72,8 +73,11 @@ def test_stopped_service_answers_within_the_bound_then_settles(stack, load, chec
     stack.stop_service("products")
     load.wait()
     bound = FAST_RECOVERY["ORDERS_RPC_TIMEOUT"] + 2
-    failed = [(status, body, seconds) for status, body, seconds in load.answers.values()
-              if status not in (201, 409)]
+    failed = [
+        (status, body, seconds)
+        for status, body, seconds in load.answers.values()
+        if status not in (201, 409)
+    ]
     assert failed, "products was down: some orders must have failed"
     assert {status for status, _, _ in failed} <= {503, 504}
     assert all(body["error"] in ("service_unavailable", "timeout") for _, body, _ in failed)

@@ -1,6 +1,7 @@
 """Connections and locks that would outlive their bounds: 1,500 half-sent requests on one
 gateway, and a product row locked past the lock timeout. The stack keeps serving orders,
 the half-sent requests are closed and never executed, and the lock is a 503."""
+
 import socket
 import time
 from urllib.parse import urlparse
@@ -16,7 +17,7 @@ HALF_SENT = 1500
 HEADS = (
     # the head complete, the body cut short
     b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    b"Content-Length: 60\r\n\r\n{\"name\": \"half-sent\", ",
+    b'Content-Length: 60\r\n\r\n{"name": "half-sent", ',
     # the head itself cut short
     b"POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
 )
@@ -51,7 +52,9 @@ def test_half_sent_connections_are_closed_and_never_executed(stack, shop, clean_
         sock.close()
     closed_by_server = 0
     for sock in sockets[1::2]:
-        sock.settimeout(max(0.1, opened + FAST_RECOVERY["HTTP_IDLE_TIMEOUT"] + 5 - time.monotonic()))
+        sock.settimeout(
+            max(0.1, opened + FAST_RECOVERY["HTTP_IDLE_TIMEOUT"] + 5 - time.monotonic())
+        )
         try:
             while sock.recv(65536):  # a 408 answer, then the end of the stream
                 pass

@@ -14,6 +14,7 @@ tick in every process: about 100 holds/s here) needed 200 s for the backlog alon
 Bounded: the load runs until the orphans are released (about 15 s), at most their
 deadline + 30 s; the stack's start and stop take about as long again.
 """
+
 import time
 import uuid
 
@@ -42,12 +43,14 @@ def shop(stack):
     """Overrides conftest's: five products with stock for the whole load (every order
     confirmed, so holds keep coming for the reconciler), and the customer."""
     api = stack.urls[0]
-    customer = requests.post(f"{api}/api/customers",
-                             json={"name": "c", "email": "c@example.com"}).json()
+    customer = requests.post(
+        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}
+    ).json()
     stock_added = {}
     for n in range(5):
-        product = requests.post(f"{api}/api/products",
-                                json={"name": f"p{n}", "price": "1.25", "stock": 5000}).json()
+        product = requests.post(
+            f"{api}/api/products", json={"name": f"p{n}", "price": "1.25", "stock": 5000}
+        ).json()
         stock_added[product["id"]] = 5000
     return customer["id"], stock_added
 
@@ -55,8 +58,9 @@ def shop(stack):
 @pytest.fixture
 def orphan_product(stack, shop):
     """A product only orphans hold; in the books (``shop``), so its stock must come back."""
-    product = requests.post(f"{stack.urls[0]}/api/products",
-                            json={"name": "orphaned", "price": "1.00", "stock": 100}).json()
+    product = requests.post(
+        f"{stack.urls[0]}/api/products", json={"name": "orphaned", "price": "1.00", "stock": 100}
+    ).json()
     shop[1][product["id"]] = 100
     return product["id"]
 
@@ -80,41 +84,57 @@ class StoppableLoad(OrderLoad):
 def load(stack, shop, orphan_product):
     customer_id, stock_added = shop
     product_ids = sorted(pid for pid in stock_added if pid != orphan_product)
-    return StoppableLoad(stack.urls, customer_id, product_ids, count=LOAD_COUNT,
-                     concurrency=LOAD_CONCURRENCY, pace=LOAD_PACE)
+    return StoppableLoad(
+        stack.urls,
+        customer_id,
+        product_ids,
+        count=LOAD_COUNT,
+        concurrency=LOAD_CONCURRENCY,
+        pace=LOAD_PACE,
+    )
 
 
 def insert_backlog(engines, customer_id):
     """The orders first: the reconcilers are running, and a hold this old whose order they
     cannot see is an orphan (rightly: an order transaction cannot stay open that long)."""
     with engines["orders"].begin() as conn:
-        conn.execute(text(
-            "INSERT INTO orders (order_ref, customer_id, status, total, requested, "
-            "idempotency_key, created_at, updated_at) "
-            "SELECT 'backlog-' || n, :customer_id, 'confirmed', 0, '[]', 'backlog-' || n, "
-            "now() - interval '10 minutes', now() - interval '10 minutes' "
-            "FROM generate_series(1, :count) AS n"
-        ), {"count": BACKLOG, "customer_id": customer_id})
+        conn.execute(
+            text(
+                "INSERT INTO orders (order_ref, customer_id, status, total, requested, "
+                "idempotency_key, created_at, updated_at) "
+                "SELECT 'backlog-' || n, :customer_id, 'confirmed', 0, '[]', 'backlog-' || n, "
+                "now() - interval '10 minutes', now() - interval '10 minutes' "
+                "FROM generate_series(1, :count) AS n"
+            ),
+            {"count": BACKLOG, "customer_id": customer_id},
+        )
     with engines["products"].begin() as conn:
-        conn.execute(text(
-            "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
-            "SELECT 'backlog-' || n, 'reserved', t, t FROM generate_series(1, :count) AS n, "
-            "LATERAL (SELECT now() - interval '10 minutes' + n * interval '1 ms') AS c(t)"
-        ), {"count": BACKLOG})
+        conn.execute(
+            text(
+                "INSERT INTO order_holds (order_ref, status, created_at, updated_at) "
+                "SELECT 'backlog-' || n, 'reserved', t, t FROM generate_series(1, :count) AS n, "
+                "LATERAL (SELECT now() - interval '10 minutes' + n * interval '1 ms') AS c(t)"
+            ),
+            {"count": BACKLOG},
+        )
 
 
 def orphan_holds(engines, refs):
     """``{order_ref: (status, seconds from its reservation to its last change)}``."""
     with engines["products"].connect() as conn:
-        rows = conn.execute(text(
-            "SELECT order_ref, status, extract(epoch FROM updated_at - created_at) "
-            "FROM order_holds WHERE order_ref = ANY(CAST(:refs AS text[]))"
-        ), {"refs": refs})
+        rows = conn.execute(
+            text(
+                "SELECT order_ref, status, extract(epoch FROM updated_at - created_at) "
+                "FROM order_holds WHERE order_ref = ANY(CAST(:refs AS text[]))"
+            ),
+            {"refs": refs},
+        )
         return {ref: (status, float(seconds)) for ref, status, seconds in rows}
 
 
 def test_orphaned_stock_is_back_on_time_under_load_and_a_backlog(
-        stack, shop, orphan_product, load, check_books, clean_databases):
+    stack, shop, orphan_product, load, check_books, clean_databases
+):
     customer_id, _ = shop
     insert_backlog(clean_databases, customer_id)
     started = time.monotonic()
@@ -122,33 +142,44 @@ def test_orphaned_stock_is_back_on_time_under_load_and_a_backlog(
     try:
         orphans = make_orphans(stack, orphan_product)
         give_up = time.monotonic() + DEADLINE + 30
-        while {status for status, _ in orphan_holds(clean_databases, orphans).values()} \
-                != {"released"}:
+        while {status for status, _ in orphan_holds(clean_databases, orphans).values()} != {
+            "released"
+        }:
             assert time.monotonic() < give_up, (
                 f"orphans still held {DEADLINE + 30:.0f} s after the last one was made: "
-                f"{orphan_holds(clean_databases, orphans)}")
+                f"{orphan_holds(clean_databases, orphans)}"
+            )
             eventlet.sleep(0.2)
         assert len(load.answers) < LOAD_COUNT, "the load was over before the orphans were released"
     finally:
         load.stop()
     load_rate = len(load.answers) / (time.monotonic() - started)
-    held_for = {ref: seconds
-                for ref, (_, seconds) in orphan_holds(clean_databases, orphans).items()}
+    held_for = {
+        ref: seconds for ref, (_, seconds) in orphan_holds(clean_databases, orphans).items()
+    }
     late = {ref: seconds for ref, seconds in held_for.items() if seconds > DEADLINE}
     assert not late, f"released later than {DEADLINE} s after their reservation: {late}"
 
     load.settle()
     with clean_databases["products"].connect() as conn:
-        assert conn.execute(text(
-            "SELECT status, count(*) FROM order_holds WHERE order_ref LIKE 'backlog-%' "
-            "GROUP BY status")).all() == [("confirmed", BACKLOG)]
-        backlog_seconds = conn.scalar(text(
-            "SELECT extract(epoch FROM max(updated_at) - min(updated_at)) FROM order_holds "
-            "WHERE order_ref LIKE 'backlog-%'"))
+        assert conn.execute(
+            text(
+                "SELECT status, count(*) FROM order_holds WHERE order_ref LIKE 'backlog-%' "
+                "GROUP BY status"
+            )
+        ).all() == [("confirmed", BACKLOG)]
+        backlog_seconds = conn.scalar(
+            text(
+                "SELECT extract(epoch FROM max(updated_at) - min(updated_at)) FROM order_holds "
+                "WHERE order_ref LIKE 'backlog-%'"
+            )
+        )
     check_books()  # the orphans' stock is back: the orphaned product has its 100 units
-    print(f"orphans held {min(held_for.values()):.1f}-{max(held_for.values()):.1f} s "
-          f"(deadline {DEADLINE} s), under {len(load.answers)} orders at {load_rate:.0f}/s; "
-          f"backlog confirmed in {float(backlog_seconds):.1f} s")
+    print(
+        f"orphans held {min(held_for.values()):.1f}-{max(held_for.values()):.1f} s "
+        f"(deadline {DEADLINE} s), under {len(load.answers)} orders at {load_rate:.0f}/s; "
+        f"backlog confirmed in {float(backlog_seconds):.1f} s"
+    )
 
 
 def make_orphans(stack, product_id):

@@ -9,6 +9,7 @@ stack for the module (tests/harness.py), products x2, reading with
 Where a read went is proven from each server's own statistics (scans of ``products`` in
 ``pg_stat_user_tables``: the replica counts the queries run on it, never the writes it
 replays) and from the services' ``shop_db_reads_total``."""
+
 import collections
 import itertools
 import random
@@ -34,8 +35,10 @@ REPLICA_TIMEOUT_MS = 500
 # A backend flushes its statistics when idle, at most once a second, and an idle one
 # within PostgreSQL 15's PGSTAT_IDLE_INTERVAL (10 s).
 STATS_SETTLE_SECONDS = 11
-SCANS = text("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
-             "WHERE relname = 'products'")
+SCANS = text(
+    "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+    "WHERE relname = 'products'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,9 @@ def servers(pair):
     pair.wait_caught_up()
     engines = {
         "primary": create_engine(primary_uri, isolation_level="AUTOCOMMIT", poolclass=NullPool),
-        "replica": create_engine(pair.replica.uri(DATABASE), isolation_level="AUTOCOMMIT",
-                                 poolclass=NullPool),
+        "replica": create_engine(
+            pair.replica.uri(DATABASE), isolation_level="AUTOCOMMIT", poolclass=NullPool
+        ),
     }
     yield engines
     for engine in engines.values():
@@ -66,10 +70,16 @@ def servers(pair):
 def stack(request, rabbit_manager, databases, pair, servers, tmp_path_factory):
     db_uris = {**databases, "products": pair.primary.uri(DATABASE)}
     with stack_on_vhost(
-        request, rabbit_manager, db_uris, str(tmp_path_factory.mktemp("replica-stack")),
-        "shop_replica", PROCESSES, **FAST_RECOVERY,
+        request,
+        rabbit_manager,
+        db_uris,
+        str(tmp_path_factory.mktemp("replica-stack")),
+        "shop_replica",
+        PROCESSES,
+        **FAST_RECOVERY,
         PRODUCTS_READ_DB_URI=pair.replica.uri(DATABASE),
-        DB_REPLICA_RETRY_SECONDS=RETRY_SECONDS, DB_REPLICA_TIMEOUT_MS=REPLICA_TIMEOUT_MS,
+        DB_REPLICA_RETRY_SECONDS=RETRY_SECONDS,
+        DB_REPLICA_TIMEOUT_MS=REPLICA_TIMEOUT_MS,
     ) as running:
         yield running
 
@@ -78,9 +88,12 @@ def stack(request, rabbit_manager, databases, pair, servers, tmp_path_factory):
 def api(stack, clean_databases, pair, servers):
     """The first gateway, in front of empty databases (the replica caught up)."""
     with servers["primary"].connect() as conn:
-        tables = conn.scalars(text(
-            "SELECT quote_ident(tablename) FROM pg_tables "
-            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'")).all()
+        tables = conn.scalars(
+            text(
+                "SELECT quote_ident(tablename) FROM pg_tables "
+                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+        ).all()
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
     pair.wait_caught_up()
     return stack.urls[0]
@@ -106,13 +119,15 @@ def read_metrics(stack):
 
 
 def create_products(api, count, stock=50):
-    return [requests.post(f"{api}/api/products", json={"name": f"p{n}", "price": "2.5",
-                                                       "stock": stock}).json()["id"]
-            for n in range(count)]
+    return [
+        requests.post(
+            f"{api}/api/products", json={"name": f"p{n}", "price": "2.5", "stock": stock}
+        ).json()["id"]
+        for n in range(count)
+    ]
 
 
-def test_reads_are_served_by_the_replica_and_only_misses_by_the_primary(stack, api, pair,
-                                                                       servers):
+def test_reads_are_served_by_the_replica_and_only_misses_by_the_primary(stack, api, pair, servers):
     ids = create_products(api, 25)
     pair.wait_caught_up()
     time.sleep(STATS_SETTLE_SECONDS)  # whatever the creation left unflushed
@@ -122,8 +137,10 @@ def test_reads_are_served_by_the_replica_and_only_misses_by_the_primary(stack, a
     urls = itertools.cycle(stack.urls)
     for product_id in ids:  # 25 reads, each found on the replica
         assert requests.get(f"{next(urls)}/api/products/{product_id}").status_code == 200
-    pages = [requests.get(f"{next(urls)}/api/products", params={"limit": 10, "after": after})
-             for after in (0, 10, 20)]  # two full pages, then the last: checked on the primary
+    pages = [
+        requests.get(f"{next(urls)}/api/products", params={"limit": 10, "after": after})
+        for after in (0, 10, 20)
+    ]  # two full pages, then the last: checked on the primary
     assert [len(page.json()) for page in pages] == [10, 10, 5]
     missing = requests.get(f"{next(urls)}/api/products/{ids[-1] + 1000}")
     assert (missing.status_code, missing.json()["error"]) == (404, "product_not_found")
@@ -144,22 +161,30 @@ def test_writes_reach_the_replica_only_by_replication(stack, api, pair, servers)
     """An order's reservation is made on the primary under its row locks; the replica,
     read-only by nature, gets the new stock from the WAL and serves it afterwards."""
     product_id = create_products(api, 1, stock=10)[0]
-    customer = requests.post(f"{api}/api/customers",
-                             json={"name": "c", "email": "c@example.com"}).json()
-    order = requests.post(f"{api}/api/orders", json={
-        "customer_id": customer["id"], "products": [{"id": product_id, "quantity": 3}]})
+    customer = requests.post(
+        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}
+    ).json()
+    order = requests.post(
+        f"{api}/api/orders",
+        json={"customer_id": customer["id"], "products": [{"id": product_id, "quantity": 3}]},
+    )
     assert order.status_code == 201, order.text
     with servers["primary"].connect() as conn:
-        assert conn.scalar(text("SELECT stock FROM products WHERE id = :id"),
-                           {"id": product_id}) == 7
+        assert (
+            conn.scalar(text("SELECT stock FROM products WHERE id = :id"), {"id": product_id}) == 7
+        )
     pair.wait_caught_up()
     with servers["replica"].connect() as conn:
-        assert conn.scalar(text("SELECT stock FROM products WHERE id = :id"),
-                           {"id": product_id}) == 7
+        assert (
+            conn.scalar(text("SELECT stock FROM products WHERE id = :id"), {"id": product_id}) == 7
+        )
         # nothing was written there: replay is not counted as writes, and it refuses any
-        assert conn.execute(text(
-            "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables "
-            "WHERE relname = 'products'")).one() == (0, 0, 0)
+        assert conn.execute(
+            text(
+                "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables "
+                "WHERE relname = 'products'"
+            )
+        ).one() == (0, 0, 0)
         with pytest.raises(InternalError, match="read-only transaction"):
             conn.execute(text("UPDATE products SET stock = 0"))
     reads_before, _ = read_metrics(stack)
@@ -173,19 +198,27 @@ def test_a_product_is_readable_at_once_while_the_replica_lags(stack, api, pair, 
     falls back), and so is the last page; a known product's stock may be stale (the
     documented lag) until the replica catches up."""
     known = create_products(api, 1, stock=10)[0]
-    customer = requests.post(f"{api}/api/customers",
-                             json={"name": "c", "email": "c@example.com"}).json()
+    customer = requests.post(
+        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}
+    ).json()
     pair.wait_caught_up()
     pair.replica.query("SELECT pg_wal_replay_pause()")
     try:
-        created = requests.post(f"{api}/api/products",
-                                json={"name": "new", "price": "1", "stock": 4}).json()
-        order = requests.post(f"{api}/api/orders", json={
-            "customer_id": customer["id"], "products": [{"id": known, "quantity": 2}]})
+        created = requests.post(
+            f"{api}/api/products", json={"name": "new", "price": "1", "stock": 4}
+        ).json()
+        order = requests.post(
+            f"{api}/api/orders",
+            json={"customer_id": customer["id"], "products": [{"id": known, "quantity": 2}]},
+        )
         assert order.status_code == 201, order.text
         with servers["replica"].connect() as conn:
-            assert conn.scalar(text("SELECT count(*) FROM products WHERE id = :id"),
-                               {"id": created["id"]}) == 0
+            assert (
+                conn.scalar(
+                    text("SELECT count(*) FROM products WHERE id = :id"), {"id": created["id"]}
+                )
+                == 0
+            )
         reads_before, _ = read_metrics(stack)
 
         for url in stack.urls:  # each gateway, both products processes over time
@@ -264,8 +297,10 @@ def test_replica_stopped_mid_load_then_back(stack, api, pair, servers):
         eventlet.sleep(2)
         stopped_at = time.monotonic()
         pair.replica.stop()
-        wait_until(lambda: read_metrics(stack)[1] == [0.0] * PROCESSES["products"],
-                   "every products process rests the replica")
+        wait_until(
+            lambda: read_metrics(stack)[1] == [0.0] * PROCESSES["products"],
+            "every products process rests the replica",
+        )
         primary_reads = read_metrics(stack)[0]["primary"]
         eventlet.sleep(3)  # reads go straight to the primary meanwhile
         assert read_metrics(stack)[0]["primary"] > primary_reads
@@ -273,8 +308,11 @@ def test_replica_stopped_mid_load_then_back(stack, api, pair, servers):
 
         pair.replica.start()
         back_at = time.monotonic()
-        wait_until(lambda: read_metrics(stack)[1] == [1.0] * PROCESSES["products"],
-                   "reads never returned to the replica", timeout=RETRY_SECONDS + 15)
+        wait_until(
+            lambda: read_metrics(stack)[1] == [1.0] * PROCESSES["products"],
+            "reads never returned to the replica",
+            timeout=RETRY_SECONDS + 15,
+        )
         returned_after = time.monotonic() - back_at
         replica_scans, replica_reads = scans(servers["replica"]), read_metrics(stack)[0]["replica"]
         eventlet.sleep(2)
@@ -283,12 +321,17 @@ def test_replica_stopped_mid_load_then_back(stack, api, pair, servers):
 
     statuses = collections.Counter(status for _, status, _ in load.answers)
     during = load.since(stopped_at)
-    print(f"\nreplica stopped mid-load: {dict(statuses)} over {len(load.answers)} reads; "
-          f"slowest {max(seconds for _, _, seconds in load.answers):.2f}s; reads back on the "
-          f"replica {returned_after:.1f}s after it started")
+    print(
+        f"\nreplica stopped mid-load: {dict(statuses)} over {len(load.answers)} reads; "
+        f"slowest {max(seconds for _, _, seconds in load.answers):.2f}s; reads back on the "
+        f"replica {returned_after:.1f}s after it started"
+    )
     assert set(statuses) == {200}, statuses
     assert len(during) > 100
     assert max(seconds for _, _, seconds in during) < REPLICA_TIMEOUT_MS / 1000 + 1.5
     assert read_metrics(stack)[0]["replica"] > replica_reads  # served by the replica again
-    wait_until(lambda: scans(servers["replica"]) > replica_scans,
-               "the replica's statistics show no reads after its return", timeout=15)
+    wait_until(
+        lambda: scans(servers["replica"]) > replica_scans,
+        "the replica's statistics show no reads after its return",
+        timeout=15,
+    )
