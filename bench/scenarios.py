@@ -40,9 +40,7 @@ def scenario_by_id(ctx):
     settings, catalog = ctx["settings"], ctx["catalog"]
     present = catalog.ensure(settings.small_catalog)
     ids = catalog.sample_ids()
-    ids_file = os.path.join(ctx["workdir"], "product-ids.txt")
-    with open(ids_file, "w") as f:
-        f.write("\n".join(map(str, ids)) + "\n")
+    ids_file = write_ids(ctx["workdir"], "product-ids.txt", ids)
     row = Row("by_id", f"2 GET /api/products/<id> (random of {present:,})")
     run_wrk(
         settings,
@@ -81,9 +79,7 @@ def scenario_orders(ctx):
     )
     ids = api.create_products(settings.order_products, 100_000_000, "spread")
     customer = api.create_customer("orders-spread")
-    ids_file = os.path.join(ctx["workdir"], "order-product-ids.txt")
-    with open(ids_file, "w") as f:
-        f.write("\n".join(map(str, ids)) + "\n")
+    ids_file = write_ids(ctx["workdir"], "order-product-ids.txt", ids)
     row = Row("orders", f"5 POST /api/orders (1-3 lines over {len(ids)} products)")
     run_wrk(
         settings,
@@ -218,6 +214,14 @@ def percentile(sorted_values, q):
         return None
     index = min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[index]
+
+
+def write_ids(workdir, name, ids):
+    """``ids`` one per line in ``workdir/name`` (what the wrk scripts read); its path."""
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write("\n".join(map(str, ids)) + "\n")
+    return path
 
 
 def short(n):
