@@ -175,6 +175,8 @@ class JsonWsgiApp(WsgiApp):
     """Nameko's WSGI app (same flow) with routing errors rendered as JSON envelopes."""
 
     def __call__(self, environ, start_response):
+        # nameko 2.14.1's WsgiApp.__call__ with its except branch replaced (it renders
+        # werkzeug's HTML error pages); tests/test_upstream_canaries.py fails if it changes
         request = Request(environ, shallow=True)
         adapter = self.url_map.bind_to_environ(environ)
         route = "unmatched"
@@ -316,6 +318,8 @@ class JsonWebServer(WebServer):
         super().stop()
 
     def start(self):
+        # nameko 2.14.1's WebServer.start with a configurable backlog (upstream: eventlet's
+        # 50); tests/test_upstream_canaries.py fails if upstream's changes
         if not self._starting:
             self._starting = True
             backlog = settings_of(self.container.config).web_listen_backlog
