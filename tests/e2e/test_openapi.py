@@ -21,7 +21,9 @@ import yaml
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from nameko.web.handlers import HttpRequestHandler
 
+from common.errors import BY_CODE, ShopError
 from gateway import authz, openapi
+from gateway import exceptions as gateway_exceptions
 from gateway.service import GatewayService
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -348,3 +350,19 @@ def test_docs_assets_serve_nothing_else(stack, api, raw_path):
     assert response.status == 404, (raw_path, body[:200])
     assert response.getheader("Content-Type") == "application/json"
     assert set(yaml.safe_load(body)) == {"error", "message", "details"}
+
+
+def test_every_error_code_is_documented_with_its_status(spec):
+    """The spec's error table lists every code of the contract (common/errors.py) and of
+    the gateway's own HTTP errors, each with its status."""
+    classes = {cls.error: cls for cls in BY_CODE.values()}
+    for _, cls in inspect.getmembers(gateway_exceptions, inspect.isclass):
+        if issubclass(cls, ShopError):
+            classes.setdefault(cls.error, cls)
+    documented = dict(
+        (match["code"], int(match["status"]))
+        for match in re.finditer(
+            r"\| (?P<status>\d{3}) \| `(?P<code>[a-z_]+)` \|", spec["info"]["description"]
+        )
+    )
+    assert documented == {code: cls.status for code, cls in classes.items()}
