@@ -1,6 +1,7 @@
 """Database administration shared by `make setup`/`make migrate` and the test suite."""
 
 import os
+from collections.abc import Iterable
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -36,7 +37,7 @@ def _literal(value):
     return "'" + value.replace("'", "''").replace(":", r"\:") + "'"
 
 
-def create_database(uri, admin_uri=None):
+def create_database(uri: str, admin_uri: str | None = None) -> bool:
     """Create the database named in ``uri`` unless it exists; True if it was created.
     With ``admin_uri``, created by that (super)user and owned by ``uri``'s role (see
     :func:`ensure_owner`, which also re-owns an existing one)."""
@@ -56,7 +57,7 @@ def create_database(uri, admin_uri=None):
         engine.dispose()
 
 
-def ensure_owner(uri, admin_uri):
+def ensure_owner(uri: str, admin_uri: str) -> bool:
     """Least privilege, idempotently, as the superuser of ``admin_uri``: the role of
     ``uri`` exists (LOGIN, NOSUPERUSER, NOCREATEDB, NOCREATEROLE; its password set when
     ``uri`` carries one), the database of ``uri`` exists and is owned by it, only it (and
@@ -152,7 +153,7 @@ def _reown_objects(admin_uri, name, role):
         engine.dispose()
 
 
-def drop_database(uri, admin_uri=None):
+def drop_database(uri: str, admin_uri: str | None = None) -> None:
     """Drop the database named in ``uri`` (closing its connections) if it exists."""
     name = make_url(uri).database
     engine = _server_engine(uri, admin_uri)
@@ -163,19 +164,19 @@ def drop_database(uri, admin_uri=None):
         engine.dispose()
 
 
-def alembic_config(service, uri=None):
+def alembic_config(service: str, uri: str | None = None) -> AlembicConfig:
     config = AlembicConfig(os.path.join(ROOT, service, "alembic.ini"))
     if uri:
         config.set_main_option("sqlalchemy.url", uri.replace("%", "%%"))
     return config
 
 
-def migrate(service, uri=None, revision="head"):
+def migrate(service: str, uri: str | None = None, revision: str = "head") -> None:
     """Alembic upgrade of ``service``'s database (``uri`` defaults to config.yml's)."""
     command.upgrade(alembic_config(service, uri), revision)
 
 
-def compare_heads(script, current):
+def compare_heads(script: ScriptDirectory, current: Iterable[str]) -> str:
     """Where a database stands against this code's migrations: ``"current"`` (at the
     head), ``"behind"`` (a migration of this code is still to run) or ``"ahead"`` (it
     carries a revision this code does not know: newer code migrated it, and this is a
@@ -190,7 +191,7 @@ def compare_heads(script, current):
     return "current" if current == set(script.get_heads()) else "behind"
 
 
-def schema_state(service, uri):
+def schema_state(service: str, uri: str) -> str:
     """:func:`compare_heads` for ``service``'s database at ``uri`` (reads, never writes)."""
     script = ScriptDirectory.from_config(alembic_config(service, uri))
     engine = create_engine(uri, poolclass=pool.NullPool)

@@ -20,6 +20,7 @@ without a handshake, and a broken connection is replaced (with the URIs of
 """
 
 import logging
+from typing import Any
 
 import eventlet
 from amqp import Message
@@ -41,23 +42,23 @@ class BrokerWatch(SharedExtension):
     blocking anyone). ``connected`` is True while the watch's connection is up: the
     broker is reachable from this process."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.connected = False  # the watch's own connection is up (the broker answers)
         self.blocked = False
-        self.reason = None
-        self._connection = None
-        self._thread = None
+        self.reason: str | None = None
+        self._connection: Connection | None = None
+        self._thread: Any = None  # eventlet's GreenThread
 
-    def start(self):
+    def start(self) -> None:
         self._thread = self.container.spawn_managed_thread(self._watch)
 
-    def stop(self):
+    def stop(self) -> None:
         self._close()
         if self._thread is not None:
             self._thread.kill()
 
-    def kill(self):
+    def kill(self) -> None:
         self.stop()
 
     def _on_blocked(self, reason=None):

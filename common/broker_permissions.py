@@ -78,7 +78,7 @@ PERMISSIONS = {"configure": CONFIGURE, "write": WRITE, "read": READ}
 TIMEOUT = 10.0  # seconds, every management API call
 
 
-def allowed(permission, name):
+def allowed(permission: str, name: str) -> bool:
     """Whether RabbitMQ would grant ``permission`` on the queue or exchange ``name``."""
     return re.search(PERMISSIONS[permission], name) is not None
 
@@ -94,7 +94,7 @@ def _split(management_uri):
 class ManagementError(RuntimeError):
     """The management API refused a call (``status``: its HTTP status)."""
 
-    def __init__(self, method, url, response):
+    def __init__(self, method: str, url: str, response: requests.Response) -> None:
         super().__init__(
             f"RabbitMQ management API: {method} {url}: {response.status_code} {response.text[:300]}"
         )
@@ -108,7 +108,14 @@ def _call(session, method, url, timeout, **kwargs):
     return response
 
 
-def apply(management_uri, vhost, user, password, default_queue_type=None, timeout=TIMEOUT):
+def apply(
+    management_uri: str,
+    vhost: str,
+    user: str,
+    password: str,
+    default_queue_type: str | None = None,
+    timeout: float = TIMEOUT,
+) -> None:
     """As the administrator of ``management_uri`` (``http://admin:pw@host:15672``): create
     ``vhost`` (its default queue type ``default_queue_type`` if given: a vhost that exists
     keeps its queues, whose type cannot change), create or update ``user`` with
@@ -142,7 +149,12 @@ def apply(management_uri, vhost, user, password, default_queue_type=None, timeou
         )
 
 
-def remove(management_uri, vhost=None, user=None, timeout=TIMEOUT):
+def remove(
+    management_uri: str,
+    vhost: str | None = None,
+    user: str | None = None,
+    timeout: float = TIMEOUT,
+) -> None:
     """Delete ``user`` and / or ``vhost`` (a missing one is no error)."""
     base, auth = _split(management_uri)
     with requests.Session() as session:
@@ -156,6 +168,6 @@ def remove(management_uri, vhost=None, user=None, timeout=TIMEOUT):
                     raise ManagementError("DELETE", response.url, response)
 
 
-def rabbitmqctl_args(vhost, user):
+def rabbitmqctl_args(vhost: str, user: str) -> list[str]:
     """``rabbitmqctl`` arguments setting the same permissions (configure, write, read)."""
     return ["set_permissions", "-p", vhost, user, CONFIGURE, WRITE, READ]

@@ -5,6 +5,7 @@ does for the running services.
 """
 
 import os
+from typing import Any
 
 import yaml
 from nameko.cli.main import setup_yaml_parser
@@ -16,7 +17,7 @@ DEFAULT_CONFIG_PATH = os.path.join(ROOT, "config.yml")
 _parser_ready = False
 
 
-def load_config(path=None):
+def load_config(path: str | None = None) -> dict[str, Any]:
     """config.yml (or ``$SHOP_CONFIG``) as a dict, environment variables substituted."""
     global _parser_ready
     if not _parser_ready:

@@ -31,12 +31,14 @@ read there with the primary as the fallback (:mod:`common.replica`). ``db.readin
 
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import eventlet
 from nameko_sqlalchemy import Database as NamekoDatabase
 from nameko_sqlalchemy.database import DB_ENGINE_OPTIONS_KEY, DatabaseWrapper
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -52,14 +54,16 @@ REPLICA_CONNECT_TIMEOUT = 2  # seconds; libpq's minimum (the eventlet bound is s
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def engine_options(config):
+
+def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """Engine keyword arguments for a service container's ``config``."""
     settings = settings_of(config)
     lock_ms = settings.db_lock_timeout_ms
     statement_ms = settings.db_statement_timeout_ms
     idle_ms = settings.db_idle_in_transaction_timeout_ms
-    options = {
+    options: dict[str, Any] = {
         "pool_pre_ping": False,
         "pool_size": settings.max_workers,
         "max_overflow": 0,  # a worker holds one connection at most: never more than max_workers
@@ -79,7 +83,7 @@ def engine_options(config):
     return options
 
 
-def replica_engine_options(options):
+def replica_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The read replica's engine options: the primary's ``options`` with a short
     ``connect_timeout`` and every transaction read-only."""
     connect_args = dict(options.get("connect_args") or {})
@@ -90,14 +94,15 @@ def replica_engine_options(options):
     return {**options, "connect_args": connect_args}
 
 
-def read_replica_uri(config, key, primary_uri):
+def read_replica_uri(config: Mapping[str, Any], key: str, primary_uri: str | None) -> str | None:
     """The read replica's URI for ``key`` (``"products:Base"``) in ``DB_READ_URIS``, or
     None when it is unset, empty or the primary's own URI."""
-    uri = str((settings_of(config).db_read_uris or {}).get(key) or "").strip()
+    uris: Mapping[str, Any] = settings_of(config).db_read_uris or {}
+    uri = str(uris.get(key) or "").strip()
     return uri if uri and uri != primary_uri else None
 
 
-def bound_connect(engine, seconds):
+def bound_connect(engine: Engine, seconds: float) -> None:
     """Give up a new connection after ``seconds``, as an ``OperationalError`` (a 503).
 
     libpq's ``connect_timeout`` is not enforced on psycopg2's green (asynchronous)
@@ -106,7 +111,7 @@ def bound_connect(engine, seconds):
     minutes later. Here the whole connect runs under an eventlet timer."""
 
     @event.listens_for(engine, "do_connect")
-    def connect_within(dialect, record, cargs, cparams):
+    def connect_within(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
         error = dialect.loaded_dbapi.OperationalError(
             f"no connection to PostgreSQL within {seconds:g}s"
         )
@@ -114,7 +119,7 @@ def bound_connect(engine, seconds):
             return dialect.connect(*cargs, **cparams)
 
 
-def ping_when_idle(engine, idle_seconds):
+def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
     """Ping a pooled connection on checkout only if it was idle ``idle_seconds`` or more.
 
     A busy pool's connections are reused within milliseconds and skip the round trip; one
@@ -124,11 +129,11 @@ def ping_when_idle(engine, idle_seconds):
     invalidates every older connection of the pool."""
 
     @event.listens_for(engine, "checkin")
-    def remember_when(dbapi_connection, record):
+    def remember_when(dbapi_connection: Any, record: Any) -> None:
         record.info["checked_in_at"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def ping_if_idle(dbapi_connection, record, proxy):
+    def ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         checked_in_at = record.info.get("checked_in_at")
         if checked_in_at is None or time.monotonic() - checked_in_at < idle_seconds:
             return  # new, or used moments ago
@@ -141,7 +146,7 @@ def ping_when_idle(engine, idle_seconds):
 
 
 @contextmanager
-def autocommit_session(engine):
+def autocommit_session(engine: Engine) -> Iterator[Session]:
     """A session on a pooled connection of ``engine`` in autocommit: each statement is
     its own transaction, so a read costs one round trip, not BEGIN + SELECT + ROLLBACK.
 
@@ -150,7 +155,8 @@ def autocommit_session(engine):
     would restore the level with psycopg2's ``set_isolation_level``: one more round
     trip per read, 14 % of the products process under product reads.)"""
     with engine.connect() as connection:
-        dbapi_connection = connection.connection.dbapi_connection
+        # psycopg2's connection: ``autocommit`` and ``closed`` are not in the DBAPI protocol
+        dbapi_connection: Any = connection.connection.dbapi_connection
         dbapi_connection.autocommit = True
         try:
             with Session(bind=connection) as session:
@@ -165,13 +171,15 @@ class ShopDatabaseWrapper(DatabaseWrapper):
     ``get_session()``) plus :meth:`reading` (the primary) and :meth:`read` (the read
     replica when there is one)."""
 
-    def __init__(self, session_factory, engine, reads=None):
+    def __init__(
+        self, session_factory: Any, engine: Engine, reads: ReplicaReads | None = None
+    ) -> None:
         super().__init__(session_factory)
         self.engine = engine
         self.reads = reads
 
     @contextmanager
-    def reading(self):
+    def reading(self) -> Iterator[Session]:
         """A session for read-only work on the primary, on an autocommit connection
         (:func:`autocommit_session`). Not for anything that writes or needs one
         snapshot across statements. PostgreSQL unreachable or busy, inside the block
@@ -179,7 +187,7 @@ class ShopDatabaseWrapper(DatabaseWrapper):
         with database_errors_as_unavailable(), autocommit_session(self.engine) as session:
             yield session
 
-    def read(self, query, complete=always):
+    def read(self, query: Callable[[Session], T], complete: Callable[[T], bool] = always) -> T:
         """``query(session)``'s result, for a read that may be stale by the read
         replica's lag: on the replica when one is configured and answering, falling
         back to the primary (:meth:`reading`) when ``complete(result)`` is false or the
@@ -207,7 +215,7 @@ class Database(NamekoDatabase):
     reads: ReplicaReads | None = None
     engine_options: dict  # set by nameko-sqlalchemy (untyped), extended in setup()
 
-    def setup(self):
+    def setup(self) -> None:
         config = self.container.config
         self.engine_options = {**engine_options(config), **self.engine_options}
         super().setup()
@@ -239,11 +247,11 @@ class Database(NamekoDatabase):
             retry_seconds=settings.db_replica_retry_seconds,
         )
 
-    def stop(self):
+    def stop(self) -> None:
         self._dispose_reads()
         super().stop()
 
-    def kill(self):
+    def kill(self) -> None:
         self._dispose_reads()
         super().kill()
 
@@ -252,12 +260,12 @@ class Database(NamekoDatabase):
             self.reads.dispose()
             self.reads = None
 
-    def get_dependency(self, worker_ctx):
+    def get_dependency(self, worker_ctx: Any) -> ShopDatabaseWrapper:
         db = ShopDatabaseWrapper(self.Session, self.engine, self.reads)
         self.dbs[worker_ctx] = db
         return db
 
-    def worker_teardown(self, worker_ctx):
+    def worker_teardown(self, worker_ctx: Any) -> None:
         """Close the worker's session. Closing rolls back what the worker left open; if
         PostgreSQL already ended that connection (e.g. ``idle_in_transaction_session_timeout``
         while the worker's reply waited on a blocked broker), there is nothing to roll
@@ -272,13 +280,13 @@ class Database(NamekoDatabase):
             )
 
 
-def is_valid_id(value):
+def is_valid_id(value: object) -> bool:
     """True if ``value`` can be a primary key of an ``integer`` column."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT4
 
 
 @contextmanager
-def database_errors_as_unavailable():
+def database_errors_as_unavailable() -> Iterator[None]:
     """Turn PostgreSQL being unreachable or busy (``OperationalError``: connection lost,
     ``lock_timeout``, ``statement_timeout``) into a retryable 503. The transaction it
     interrupted is rolled back by the session, so nothing was written."""
@@ -292,7 +300,7 @@ def database_errors_as_unavailable():
         ) from None
 
 
-def check_database(db):
+def check_database(db: ShopDatabaseWrapper) -> str:
     """``"ok"`` if the database answers ``SELECT 1`` (on an autocommit connection: no
     transaction outlives the check); raises ServiceUnavailable."""
     with db.reading() as session:

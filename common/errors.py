@@ -25,8 +25,14 @@ path: :func:`error_class` maps a code back to its class.
 """
 
 import json
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self, cast
 
 from nameko.exceptions import deserialize_to_instance, registry
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+"""``sys.exc_info()`` of a failed call, as nameko hands it to ``worker_result``."""
 
 
 class ShopError(Exception):
@@ -36,21 +42,23 @@ class ShopError(Exception):
     error = "internal_error"
     description = "The server could not complete the request."
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         deserialize_to_instance(cls)
 
-    def __init__(self, message=None, details=None):
+    def __init__(
+        self, message: str | None = None, details: dict[str, Any] | str | None = None
+    ) -> None:
         if isinstance(details, str):  # arrived over RPC, see module docstring
-            details = json.loads(details)
+            details = cast(dict[str, Any], json.loads(details))
         self.message = message or self.description
-        self.details = details or {}
+        self.details: dict[str, Any] = details or {}
         super().__init__(self.message, json.dumps(self.details))
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The JSON envelope the gateway answers with."""
         return {"error": self.error, "message": self.message, "details": self.details}
 
@@ -126,7 +134,7 @@ class CustomerNotFound(NotFound):
     description = "No customer has this id."
 
     @classmethod
-    def for_id(cls, customer_id):
+    def for_id(cls, customer_id: Any) -> Self:
         return cls(f"customer {customer_id} not found", {"customer_id": customer_id})
 
 
@@ -143,7 +151,7 @@ class ProductNotFound(NotFound):
     description = "No product has this id."
 
     @classmethod
-    def for_ids(cls, product_ids):
+    def for_ids(cls, product_ids: Sequence[Any]) -> Self:
         ids = ", ".join(map(str, product_ids))
         noun = "product" if len(product_ids) == 1 else "products"
         return cls(f"{noun} {ids} not found", {"product_ids": list(product_ids)})
@@ -156,7 +164,7 @@ class InsufficientStock(Conflict):
     description = "Not enough stock for this order."
 
     @classmethod
-    def for_shortages(cls, shortages):
+    def for_shortages(cls, shortages: list[dict[str, Any]]) -> Self:
         text = "; ".join(
             f"product {s['product_id']}: requested {s['requested']}, available {s['available']}"
             for s in shortages
@@ -172,7 +180,7 @@ class OrderTotalTooLarge(ValidationError):
     description = "The order's total at current prices exceeds the maximum an order can hold."
 
     @classmethod
-    def for_total(cls, total, limit):
+    def for_total(cls, total: object, limit: object) -> Self:
         return cls(
             f"the order's total {total} exceeds the maximum {limit}",
             {"products": [f"The total at current prices, {total}, exceeds {limit}."]},
@@ -188,7 +196,7 @@ class OrderNotFound(NotFound):
     description = "No order has this id."
 
     @classmethod
-    def for_id(cls, order_id):
+    def for_id(cls, order_id: Any) -> Self:
         return cls(f"order {order_id} not found", {"order_id": order_id})
 
 
@@ -231,7 +239,7 @@ BY_CODE = _by_code(_contract_classes())
 """Every contract class by its ``error`` code (unique: checked at import)."""
 
 
-def error_class(code):
+def error_class(code: str) -> type[ShopError]:
     """The contract class whose ``error`` is ``code``; ShopError for an unknown code."""
     return BY_CODE.get(code, ShopError)
 
@@ -255,7 +263,7 @@ FORMER_PATHS = {
 registry.update(FORMER_PATHS)
 
 
-def outcome_of(exc):
+def outcome_of(exc: BaseException | None) -> str:
     """How a call ended, in one word shared by logs, metrics and traces: ``ok`` when
     ``exc`` is None, the error code of a ShopError (``insufficient_stock``...), else
     ``internal_error`` (a crash)."""

@@ -8,6 +8,7 @@ fingerprint returns the stored resource; the same key with a different request i
 import hashlib
 import json
 import re
+from typing import Any
 
 # The errors are part of the contract (common/errors.py); re-exported for the services.
 from common.errors import IdempotencyKeyReused, InvalidIdempotencyKey
@@ -24,20 +25,22 @@ __all__ = [
 KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces (fullmatch)
 
 
-def checked_key(key):
+def checked_key(key: object) -> str | None:
     """``key`` if it is ``None`` or well-formed; raises InvalidIdempotencyKey (400)."""
     if key is None or (isinstance(key, str) and KEY_PATTERN.fullmatch(key)):
         return key
     raise InvalidIdempotencyKey(details={"idempotency_key": str(key)[:100]})
 
 
-def fingerprint(data):
+def fingerprint(data: Any) -> str:
     """A stable hash of a validated request (dict keys sorted, decimals as strings)."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def ensure_same_request(key, stored_fingerprint, request_fingerprint):
+def ensure_same_request(
+    key: str | None, stored_fingerprint: str | None, request_fingerprint: str
+) -> None:
     if stored_fingerprint != request_fingerprint:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was already used with a different request",

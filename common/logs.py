@@ -17,11 +17,12 @@
 import json
 import logging
 import time
+from typing import Any
 
 from eventlet.corolocal import local
 from nameko.extensions import DependencyProvider
 
-from common.errors import outcome_of
+from common.errors import ExcInfo, outcome_of
 from common.tracing import trace_fields
 
 REQUEST_ID_KEY = "request_id"
@@ -35,7 +36,7 @@ log = logging.getLogger("shop.worker")
 logging.logThreads = False
 
 
-def current_worker_fields():
+def current_worker_fields() -> dict[str, Any]:
     """``service``, ``method`` and ``request_id`` of the worker running in this green
     thread (empty outside a worker)."""
     return getattr(_current, "fields", {})
@@ -44,7 +45,7 @@ def current_worker_fields():
 class JsonFormatter(logging.Formatter):
     RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -66,7 +67,7 @@ class JsonFormatter(logging.Formatter):
 class WorkerLog(DependencyProvider):
     """One JSON line per worker: what ran, for which request, how long, how it ended."""
 
-    def worker_setup(self, worker_ctx):
+    def worker_setup(self, worker_ctx: Any) -> None:
         _current.fields = {
             "service": worker_ctx.service_name,
             "method": worker_ctx.entrypoint.method_name,
@@ -74,7 +75,9 @@ class WorkerLog(DependencyProvider):
         }
         _current.started = time.monotonic()
 
-    def worker_result(self, worker_ctx, result=None, exc_info=None):
+    def worker_result(
+        self, worker_ctx: Any, result: Any = None, exc_info: ExcInfo | None = None
+    ) -> None:
         exc = exc_info[1] if exc_info else None
         outcome = outcome_of(exc)
         started = getattr(_current, "started", time.monotonic())
@@ -87,5 +90,5 @@ class WorkerLog(DependencyProvider):
             extra["error_type"] = getattr(exc, "exc_type", None) or type(exc).__name__
         log.info("worker", extra=extra)
 
-    def worker_teardown(self, worker_ctx):
+    def worker_teardown(self, worker_ctx: Any) -> None:
         _current.fields = {}

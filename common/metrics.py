@@ -50,6 +50,7 @@ changes nothing counts as a replay, not again.
 
 import functools
 import time
+from typing import Any, TypeVar, cast
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
@@ -65,10 +66,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from sqlalchemy import event
+from prometheus_client.metrics import MetricWrapperBase
+from sqlalchemy import Engine, QueuePool, event
 from sqlalchemy.orm import Session
 
-from common.errors import outcome_of
+from common.errors import ExcInfo, outcome_of
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 disable_created_metrics()  # no *_created series: half the scrape, nothing a query here uses
 
@@ -158,7 +162,7 @@ PGCODE_REASONS = {
 }
 
 
-def entrypoint_kind(entrypoint):
+def entrypoint_kind(entrypoint: Any) -> str:
     """``rpc``, ``http``, ``event``, ``timer`` or ``other``."""
     for cls, kind in (
         (Rpc, "rpc"),
@@ -171,7 +175,7 @@ def entrypoint_kind(entrypoint):
     return "other"
 
 
-def db_error_reason(exc):
+def db_error_reason(exc: BaseException) -> str | None:
     """The ``reason`` label of a database error, or None for an error that is an answer,
     not a failure (a unique violation is how an idempotent replay finds its first
     outcome; a check violation is a refused write)."""
@@ -187,7 +191,7 @@ def db_error_reason(exc):
     return None
 
 
-def exposition():
+def exposition() -> tuple[bytes, str]:
     """``(body, content_type)`` of this process's metrics in the text format."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -196,17 +200,19 @@ class Metrics(DependencyProvider):
     """Counts and times every worker of the service (see the module docstring). Declared
     once per service class; it gives workers nothing."""
 
-    def setup(self):
+    def setup(self) -> None:
         service = self.container.service_name
         WORKERS_MAX.labels(service).set(self.container.max_workers)
         self.in_flight = WORKERS_IN_FLIGHT.labels(service)
-        self.started = {}  # worker_ctx -> monotonic start
+        self.started: dict[Any, float] = {}  # worker_ctx -> monotonic start
 
-    def worker_setup(self, worker_ctx):
+    def worker_setup(self, worker_ctx: Any) -> None:
         self.in_flight.inc()
         self.started[worker_ctx] = time.monotonic()
 
-    def worker_result(self, worker_ctx, result=None, exc_info=None):
+    def worker_result(
+        self, worker_ctx: Any, result: Any = None, exc_info: ExcInfo | None = None
+    ) -> None:
         started = self.started.pop(worker_ctx, None)
         entrypoint = worker_ctx.entrypoint
         labels = (worker_ctx.service_name, entrypoint.method_name, entrypoint_kind(entrypoint))
@@ -214,33 +220,35 @@ class Metrics(DependencyProvider):
         if started is not None:
             child(ENTRYPOINT_DURATION, *labels).observe(time.monotonic() - started)
 
-    def worker_teardown(self, worker_ctx):
+    def worker_teardown(self, worker_ctx: Any) -> None:
         self.started.pop(worker_ctx, None)
         self.in_flight.dec()
 
 
 @functools.lru_cache(maxsize=4096)
-def child(metric, *labels):
+def child(metric: M, *labels: str) -> M:
     """``metric.labels(*labels)``, looked up once (``labels()`` takes a lock and builds
     a key on every call; a label set here is a handful of names, never a value)."""
     return metric.labels(*labels)
 
 
-def observe_rpc_call(service, target, method, seconds, exc=None):
+def observe_rpc_call(
+    service: str, target: str, method: str, seconds: float, exc: BaseException | None = None
+) -> None:
     """Count one RPC made by ``service`` to ``target.method``."""
     child(RPC_CLIENT_CALLS, service, target, method, outcome_of(exc)).inc()
     child(RPC_CLIENT_DURATION, service, target, method).observe(seconds)
 
 
-def watch_pool(service, engine):
+def watch_pool(service: str, engine: Engine) -> None:
     """``shop_db_pool_connections`` of ``engine``'s pool (read at scrape time) and
     ``shop_db_errors_total`` for every error its connections raise."""
-    pool = engine.pool
+    pool = cast(QueuePool, engine.pool)  # engine_options() sets pool_size: a QueuePool
     DB_POOL_CONNECTIONS.labels(service, "checked_out").set_function(pool.checkedout)
     DB_POOL_CONNECTIONS.labels(service, "size").set_function(pool.size)
 
     @event.listens_for(engine, "handle_error")
-    def count_error(context):
+    def count_error(context: Any) -> None:
         reason = db_error_reason(context.original_exception)
         if reason is not None:
             DB_ERRORS.labels(service, reason).inc()
@@ -249,7 +257,7 @@ def watch_pool(service, engine):
 PENDING_COUNTS_KEY = "shop.metrics.pending"  # in Session.info: increments awaiting a commit
 
 
-def count_on_commit(session, counter, amount=1):
+def count_on_commit(session: Session, counter: Any, amount: float = 1) -> None:
     """Add ``amount`` to ``counter`` when ``session``'s transaction commits; nothing if it
     rolls back. A change is counted once, when it is durable."""
     if amount:

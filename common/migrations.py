@@ -4,17 +4,19 @@ The database URL is, in order: ``sqlalchemy.url`` set on the Alembic config (tes
 this), else the service's entry in config.yml's ``DB_URIS`` (environment substituted).
 """
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 
 from common.config import load_config
 
 
-def database_uri(service_name, base_name="Base"):
+def database_uri(service_name: str, base_name: str = "Base") -> str:
     return load_config()["DB_URIS"][f"{service_name}:{base_name}"]
 
 
-def run_migrations(service_name, target_metadata):
+def run_migrations(service_name: str, target_metadata: Any) -> None:
     url = context.config.get_main_option("sqlalchemy.url") or database_uri(service_name)
     if context.is_offline_mode():
         context.configure(url=url, target_metadata=target_metadata, literal_binds=True)

@@ -19,6 +19,8 @@ scrape. Under `make up` every process gets a port of its own (scripts/supervisor
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import eventlet
 from eventlet import wsgi
@@ -36,7 +38,7 @@ SOCKET_TIMEOUT = 10.0  # seconds a scrape may stay silent before its connection 
 log = logging.getLogger(__name__)
 
 
-def parse_address(address):
+def parse_address(address: object) -> tuple[str, int]:
     host, _, port = str(address).rpartition(":")
     return (host or "0.0.0.0", int(port))
 
@@ -50,7 +52,11 @@ def _json(start_response, status, body, headers=()):
     return [payload]
 
 
-def route(routes, environ, start_response):
+def route(
+    routes: Mapping[str, Callable[[Any], list[bytes]]],
+    environ: Mapping[str, Any],
+    start_response: Any,
+) -> list[bytes]:
     """Answer with ``routes[path](start_response)``; JSON 404 / 405 otherwise."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
     if path not in routes:
@@ -88,7 +94,7 @@ class OpsHttp(DependencyProvider):
 
     broker_watch = BrokerWatch()
 
-    def setup(self):
+    def setup(self) -> None:
         settings = settings_of(self.container.config)
         address = settings.ops_http_address
         self.address = parse_address(address) if address else None
@@ -97,7 +103,7 @@ class OpsHttp(DependencyProvider):
         self.server_thread = None
         self.routes = {"/health": _health, "/ready": self._ready, "/metrics": _metrics}
 
-    def app(self, environ, start_response):
+    def app(self, environ: Mapping[str, Any], start_response: Any) -> Iterable[bytes]:
         """The WSGI application of the listener (module docstring)."""
         return route(self.routes, environ, start_response)
 
@@ -132,7 +138,7 @@ class OpsHttp(DependencyProvider):
         finally:
             db.close()
 
-    def start(self):
+    def start(self) -> None:
         if self.address is None:
             return
         self.sock = eventlet.listen(self.address, backlog=128)
@@ -146,7 +152,7 @@ class OpsHttp(DependencyProvider):
             debug=False,
         )
 
-    def stop(self):
+    def stop(self) -> None:
         if self.server_thread is not None:
             self.server_thread.kill()
             self.server_thread = None
@@ -156,5 +162,5 @@ class OpsHttp(DependencyProvider):
 
     kill = stop
 
-    def get_dependency(self, worker_ctx):
+    def get_dependency(self, worker_ctx: Any) -> None:
         return None

@@ -8,8 +8,12 @@ A page can also be cut by a budget (:func:`budget_page`): the orders list counts
 what one request makes a process load, hold and serialize is bounded whatever ``limit``.
 """
 
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
 from marshmallow import Schema, fields, validate
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
 
 from common.db import MAX_INT4
 from common.errors import ValidationError
@@ -22,7 +26,7 @@ class PageSchema(Schema):
     after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_INT4))
 
 
-def page_params(config, limit=None, after=None):
+def page_params(config: Mapping[str, Any], limit: Any = None, after: Any = None) -> tuple[int, int]:
     """Validated ``(limit, after)``; ``limit`` defaults to ``PAGE_DEFAULT_LIMIT`` and may
     not exceed ``PAGE_MAX_LIMIT`` (:mod:`common.settings`). Strings such as ``"10"`` are accepted."""
     raw = {key: value for key, value in (("limit", limit), ("after", after)) if value is not None}
@@ -38,7 +42,9 @@ def page_params(config, limit=None, after=None):
     return params["limit"], params["after"]
 
 
-def keyset_page(session, model, limit, after, *criteria):
+def keyset_page(
+    session: Session, model: Any, limit: int, after: int, *criteria: ColumnElement[bool]
+) -> tuple[Sequence[Any], int | None]:
     """``(rows, next_after)`` for one page of ``model`` filtered by ``criteria``."""
     rows = session.scalars(
         select(model).where(model.id > after, *criteria).order_by(model.id).limit(limit + 1)
@@ -48,7 +54,9 @@ def keyset_page(session, model, limit, after, *criteria):
     return rows, None
 
 
-def budget_page(weighted, limit, budget):
+def budget_page(
+    weighted: Sequence[tuple[int, int]], limit: int, budget: int
+) -> tuple[list[int], int | None]:
     """Cut one page of candidates ``[(id, weight), ...]`` (in id order, ``limit + 1`` at
     most, as a keyset query with ``LIMIT limit + 1`` gives them) to at most ``limit`` rows
     and at most ``budget`` in total weight: ``(ids kept, next_after)``.
@@ -60,7 +68,7 @@ def budget_page(weighted, limit, budget):
     return kept, kept[-1] if len(kept) < len(weighted) else None
 
 
-def budget_batches(weighted, budget):
+def budget_batches(weighted: Sequence[tuple[int, int]], budget: int) -> Iterator[list[int]]:
     """The ids of ``[(id, weight), ...]`` in consecutive batches of at most ``budget`` in
     total weight (a row weighing more comes alone)."""
     while weighted:

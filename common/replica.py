@@ -32,14 +32,21 @@ to the replica, 0: it rests). The breaker opening and closing is logged once eac
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar
 
 import eventlet
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from common.metrics import DB_READS, DB_REPLICA_UP
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The defaults of DB_REPLICA_TIMEOUT_MS and DB_REPLICA_RETRY_SECONDS (common/settings.py):
 # the timeout + the primary's statement_timeout < RPC_TIMEOUT.
@@ -51,12 +58,12 @@ SOURCES = ("replica", "primary", "fallback_miss", "fallback_error")
 class ReplicaFailed(Exception):
     """The replica could not answer (``reason`` says why); the primary will."""
 
-    def __init__(self, reason):
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def always(result):
+def always(result: object) -> bool:
     return True
 
 
@@ -68,18 +75,18 @@ class Breaker:
     :meth:`succeeded` closes it only for an attempt that started after it opened: a read
     that was already in flight when the replica failed proves nothing."""
 
-    def __init__(self, rest, clock=time.monotonic):
+    def __init__(self, rest: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rest = rest
         self.clock = clock
-        self.opened_at = None  # None: closed
+        self.opened_at: float | None = None  # None: closed
         self.retry_at = 0.0
         self._lock = threading.Lock()  # green under nameko: nothing in it yields anyway
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self.opened_at is None
 
-    def allow(self):
+    def allow(self) -> bool:
         """True if the replica may be tried now (always while closed)."""
         if self.opened_at is None:
             return True
@@ -92,7 +99,7 @@ class Breaker:
             self.retry_at = now + self.rest  # this caller is the probe
             return True
 
-    def failed(self):
+    def failed(self) -> bool:
         """Record a failure; True if it opened the breaker (it was closed)."""
         with self._lock:
             now = self.clock()
@@ -102,7 +109,7 @@ class Breaker:
             self.retry_at = now + self.rest
             return opened
 
-    def succeeded(self, started_at):
+    def succeeded(self, started_at: float) -> bool:
         """Record a success of an attempt begun at ``started_at``; True if it closed the
         breaker."""
         with self._lock:
@@ -120,13 +127,13 @@ class ReplicaReads:
 
     def __init__(
         self,
-        engine,
-        service,
-        open_session,
-        timeout=DEFAULT_TIMEOUT_MS / 1000,
-        retry_seconds=DEFAULT_RETRY_SECONDS,
-        clock=time.monotonic,
-    ):
+        engine: Engine | None,
+        service: str,
+        open_session: Callable[[Engine], AbstractContextManager[Session]],
+        timeout: float = DEFAULT_TIMEOUT_MS / 1000,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.service = service
         self.open_session = open_session
@@ -138,7 +145,12 @@ class ReplicaReads:
         if engine is not None:
             self.up.set(1)
 
-    def read(self, query, primary, complete=always):
+    def read(
+        self,
+        query: Callable[[Session], T],
+        primary: Callable[[], AbstractContextManager[Session]],
+        complete: Callable[[T], bool] = always,
+    ) -> T:
         """``query(session)`` answered by the replica when it can, else by the primary;
         ``primary()`` opens a read session on the primary (``ShopDatabaseWrapper.reading``).
         ``query`` must only read, and return plain data (not ORM objects): its session is
@@ -167,6 +179,7 @@ class ReplicaReads:
 
     def _on_replica(self, query):
         """``query`` on the replica within ``timeout``; raises :class:`ReplicaFailed`."""
+        assert self.engine is not None  # read() calls this only with a replica
         timeout = eventlet.Timeout(self.timeout)
         try:
             with self.open_session(self.engine) as session:
@@ -191,6 +204,6 @@ class ReplicaReads:
                 self.breaker.rest,
             )
 
-    def dispose(self):
+    def dispose(self) -> None:
         if self.engine is not None:
             self.engine.dispose()

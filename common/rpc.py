@@ -25,7 +25,9 @@ message may then still be delivered: a 504 never says the call did not happen).
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any, TypeVar, cast
 
 import eventlet
 from amqp.exceptions import AMQPError
@@ -64,12 +66,14 @@ from nameko.rpc import (
 )
 
 from common.broker import BrokerWatch
-from common.errors import GatewayTimeout, ServiceUnavailable, ShopError
+from common.errors import ExcInfo, GatewayTimeout, ServiceUnavailable, ShopError
 from common.metrics import observe_rpc_call
 from common.settings import settings_of
 from common.tracing import client_span, mark_outcome, provider_for
 
 log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors a service replies with when its own broker connection broke mid-call, or when it
 # was stopping (nameko 2.x sends them as RemoteError): transient, the call is retryable.
@@ -90,13 +94,13 @@ TRANSPORT_FAILURES = frozenset(
 )
 
 
-def call_bound(config, target_service):
+def call_bound(config: Mapping[str, Any], target_service: str) -> float:
     """Seconds a call to ``target_service`` may take: ``RPC_TIMEOUTS[target_service]``,
     else ``RPC_TIMEOUT`` (:class:`common.settings.Settings`)."""
     return settings_of(config).call_bound(target_service)
 
 
-def longest_call_bound(config):
+def longest_call_bound(config: Mapping[str, Any]) -> float:
     """The longest bound of any call made with ``config``, in seconds."""
     return settings_of(config).longest_call_bound()
 
@@ -133,7 +137,7 @@ class Responder(NamekoResponder):
 
     publisher_cls = ReplyPublisher
 
-    def send_response(self, result, exc_info):
+    def send_response(self, result: Any, exc_info: ExcInfo | None) -> tuple[Any, ExcInfo | None]:
         error = serialize(exc_info[1]) if exc_info is not None else None
         serializer = registry.type_to_name[self.message.properties["content_type"]]
         publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl, login_method=self.login_method)
@@ -147,7 +151,7 @@ class Responder(NamekoResponder):
         try:
             publish({"result": result, "error": error})
         except EncodeError:
-            exc_info = sys.exc_info()
+            exc_info = cast(ExcInfo, sys.exc_info())  # in an except block: never Nones
             publish({"result": None, "error": serialize(UnserializableValueError(result))})
             result = None
         return result, exc_info
@@ -156,7 +160,9 @@ class Responder(NamekoResponder):
 class RpcConsumer(NamekoRpcConsumer):
     """nameko's RPC consumer, answering through :class:`Responder`."""
 
-    def handle_result(self, message, result, exc_info):
+    def handle_result(
+        self, message: Any, result: Any, exc_info: ExcInfo | None
+    ) -> tuple[Any, ExcInfo | None]:
         config = self.container.config
         responder = Responder(
             config[AMQP_URI_CONFIG_KEY],
@@ -175,14 +181,14 @@ class Rpc(NamekoRpc):
     rpc_consumer = RpcConsumer()
 
 
-def rpc(fn):
+def rpc(fn: F) -> F:
     """``@rpc`` whose ShopErrors are expected outcomes (not logged as crashes), answered
     by :class:`Responder`. Every ``@rpc`` of a service must be this one: two consumer
     classes would consume the service's queue twice."""
     return Rpc.decorator(expected_exceptions=ShopError)(fn)
 
 
-def broker_blocked_error(service_name, broker_watch):
+def broker_blocked_error(service_name: str, broker_watch: BrokerWatch) -> ServiceUnavailable:
     return ServiceUnavailable(
         f"the message broker is blocking publishers (resource alarm): cannot call {service_name}",
         {
@@ -194,12 +200,14 @@ def broker_blocked_error(service_name, broker_watch):
 
 
 class BoundedMethodProxy(MethodProxy):
-    def __init__(self, *args, timeout, broker_watch=None, **options):
+    def __init__(
+        self, *args: Any, timeout: float, broker_watch: BrokerWatch | None = None, **options: Any
+    ) -> None:
         self.timeout = timeout
         self.broker_watch = broker_watch
         super().__init__(*args, **options)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The call, bounded; counted (``shop_rpc_client_*``) and traced as a CLIENT span
         whose context travels in the message's headers."""
         caller = self.worker_ctx.service_name
@@ -218,7 +226,7 @@ class BoundedMethodProxy(MethodProxy):
                     caller, self.service_name, self.method_name, time.monotonic() - started, failure
                 )
 
-    def get_message_headers(self, worker_ctx):
+    def get_message_headers(self, worker_ctx: Any) -> dict[str, Any]:
         """nameko's headers (the caller's context data), this call's span as the parent."""
         headers = super().get_message_headers(worker_ctx)
         for key, value in getattr(self, "trace_headers", {}).items():
@@ -286,13 +294,13 @@ class BoundedMethodProxy(MethodProxy):
 
 
 class BoundedServiceProxy(ServiceProxy):
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> BoundedMethodProxy:
         return BoundedMethodProxy(
             self.worker_ctx, self.service_name, name, self.reply_listener, **self.options
         )
 
 
-def broker_status(broker_watch):
+def broker_status(broker_watch: BrokerWatch) -> dict[str, Any]:
     """The ``rabbitmq`` entry of a readiness answer, from the process's own watch."""
     if broker_watch.blocked:
         return {
@@ -313,12 +321,14 @@ class BoundedRpcProxy(RpcProxy):
 
     broker_watch = BrokerWatch()
 
-    def __init__(self, target_service, timeout=None, **options):
+    def __init__(
+        self, target_service: str | None, timeout: float | None = None, **options: Any
+    ) -> None:
         self.timeout_override = timeout
         options.setdefault("delivery_mode", NON_PERSISTENT)
         super().__init__(target_service, **options)
 
-    def get_dependency(self, worker_ctx):
+    def get_dependency(self, worker_ctx: Any) -> BoundedServiceProxy:
         timeout = float(
             self.timeout_override or call_bound(self.container.config, self.target_service)
         )

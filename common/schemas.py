@@ -1,6 +1,6 @@
 """marshmallow helpers shared by the services' schemas."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -12,14 +12,14 @@ from common.errors import ValidationError
 NOT_BLANK = validate.Regexp(r"\s*\S", error="Must not be blank.")
 
 
-def storable_text(value):
+def storable_text(value: str) -> None:
     """PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate (JSON
     allows both, e.g. "\\u0000", "\\ud800"): reject them as invalid input, not a 500."""
     if "\x00" in value or any("\ud800" <= char <= "\udfff" for char in value):
         raise MarshmallowValidationError("Must not contain NUL characters or lone surrogates.")
 
 
-def load(schema, data):
+def load(schema: Schema, data: object) -> dict[str, Any]:
     """Validate ``data`` with ``schema``; raise a 422 :class:`ValidationError` naming every
     bad field (``details`` maps field -> list of messages) instead of marshmallow's error."""
     if not isinstance(data, dict):
@@ -39,7 +39,7 @@ class LineItemSchema(Schema):
     )
 
 
-def merged_quantities_fit(items):
+def merged_quantities_fit(items: Iterable[Mapping[str, Any]]) -> None:
     """List validator: the quantities of lines with the same product id add up (see
     :func:`merge_line_items`), and each sum must still fit the quantity column."""
     too_big = sorted(pid for pid, q in merge_line_items(items).items() if q > MAX_INT4)
@@ -53,7 +53,7 @@ def merged_quantities_fit(items):
 LINE_ITEMS: list[Callable[[Any], Any]] = [validate.Length(min=1, max=100), merged_quantities_fit]
 
 
-def merge_line_items(items):
+def merge_line_items(items: Iterable[Mapping[str, Any]]) -> dict[int, int]:
     """``{product_id: total quantity}`` in ascending id order (duplicate ids add up)."""
     quantities: dict[int, int] = {}
     for item in items:

@@ -27,12 +27,12 @@ class ShopService:
     ops_http = OpsHttp()
 
     @rpc
-    def ping(self):
+    def ping(self) -> str:
         """Liveness probe: returns ``"pong"``; touches nothing."""
         return "pong"
 
     @rpc
-    def check_ready(self):
+    def check_ready(self) -> dict[str, str]:
         """Readiness probe: ``{"database": "ok"}`` once the database answers; raises
         ServiceUnavailable (503) otherwise. Read-only."""
         return {"database": check_database(self.db)}

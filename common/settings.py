@@ -30,10 +30,10 @@ twin, and no ``config.get("KEY", default)`` is left in common/ or the services.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Self
 
 from nameko.constants import DEFAULT_MAX_WORKERS
 from nameko.dependency_providers import Config as NamekoConfig
@@ -61,7 +61,7 @@ def _number(key, value, what):
     return number
 
 
-def seconds(key, value):
+def seconds(key: str, value: Any) -> float:
     """A duration in seconds, >= 0 (an interval of 0 disables its timer)."""
     number = _number(key, value, "a number of seconds")
     if number < 0:
@@ -69,7 +69,7 @@ def seconds(key, value):
     return number
 
 
-def timeout(key, value):
+def timeout(key: str, value: Any) -> float:
     """A bound in seconds, > 0."""
     number = _number(key, value, "a number of seconds")
     if number <= 0:
@@ -86,31 +86,31 @@ def _whole(key, value, what, minimum):
     return int(number)
 
 
-def milliseconds(key, value):
+def milliseconds(key: str, value: Any) -> int:
     """A whole number of milliseconds, >= 0 (PostgreSQL: 0 is no limit)."""
     return _whole(key, value, "a whole number of milliseconds", 0)
 
 
-def count(key, value):
+def count(key: str, value: Any) -> int:
     """A whole number >= 1."""
     return _whole(key, value, "a whole number", 1)
 
 
-def ratio(key, value):
+def ratio(key: str, value: Any) -> float:
     number = _number(key, value, "a number between 0 and 1")
     if not 0 <= number <= 1:
         raise ValueError(f"{key} must be a number between 0 and 1, not {value!r}")
     return number
 
 
-def text(key, value):
+def text(key: str, value: Any) -> str:
     if isinstance(value, (dict, list)):
         raise ValueError(f"{key} must be a string, not {value!r}")
     return str(value).strip()
 
 
-def one_of(*choices, lower=True):
-    def parse(key, value):
+def one_of(*choices: str, lower: bool = True) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
         chosen = text(key, value)
         chosen = chosen.lower() if lower else chosen
         if chosen not in choices:
@@ -120,13 +120,13 @@ def one_of(*choices, lower=True):
     return parse
 
 
-def comma_list(key, value):
+def comma_list(key: str, value: Any) -> tuple[str, ...]:
     """A YAML list, or ``"a,b"`` from the environment (YAML may make it a number)."""
     raw = value if isinstance(value, list) else str(value).split(",")
     return tuple(str(item).strip() for item in raw if str(item).strip())
 
 
-def timeouts_by_service(key, value):
+def timeouts_by_service(key: str, value: Any) -> MappingProxyType[str, float]:
     """``{service: seconds}``; an entry left empty keeps its default."""
     if not isinstance(value, dict):
         raise ValueError(f"{key} must be a mapping of service to seconds, not {value!r}")
@@ -137,17 +137,17 @@ def timeouts_by_service(key, value):
     return MappingProxyType(bounds)
 
 
-def mapping(key, value):
+def mapping(key: str, value: Any) -> MappingProxyType[Any, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{key} must be a mapping, not {value!r}")
     return MappingProxyType(dict(value))
 
 
-def anything(key, value):
+def anything(key: str, value: Any) -> Any:
     return value
 
 
-def setting(key, parse, default=IN_CONFIG_YML):
+def setting(key: str, parse: Callable[[str, Any], Any], default: Any = IN_CONFIG_YML) -> Any:
     """A field of :class:`Settings`: its config key, its parser and its default (none:
     config.yml holds it)."""
     _DEFAULTS[key] = default
@@ -228,11 +228,11 @@ class Settings:
     logging: MappingProxyType | None = setting("LOGGING", mapping)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         """The settings of a container ``config`` (a dict, config.yml loaded the nameko
         way, or a test's partial one): a key that is absent, ``None`` or ``""`` takes its
         default; a value its setting does not take raises ValueError naming the key."""
-        values = {}
+        values: dict[str, Any] = {}
         for spec in fields(cls):
             key, parse = spec.metadata["key"], spec.metadata["parse"]
             raw = config.get(key)
@@ -246,27 +246,27 @@ class Settings:
         return cls(**values)
 
     @staticmethod
-    def keys():
+    def keys() -> list[str]:
         """Every setting's config key, in config.yml's order."""
         return [spec.metadata["key"] for spec in fields(Settings)]
 
     @staticmethod
-    def default(key):
+    def default(key: str) -> Any:
         """``key``'s default, or :data:`IN_CONFIG_YML` when config.yml holds it."""
         return _DEFAULTS[key]
 
-    def value(self, key):
+    def value(self, key: str) -> Any:
         """The value of the setting ``key`` (``"RPC_TIMEOUT"``)."""
         if key not in _DEFAULTS:
             raise KeyError(f"{key} is not a setting (common/settings.py)")
         return getattr(self, key.lower())
 
-    def call_bound(self, target_service):
+    def call_bound(self, target_service: str) -> float:
         """Seconds a call to ``target_service`` may take: ``RPC_TIMEOUTS[target_service]``,
         else ``RPC_TIMEOUT``."""
         return self.rpc_timeouts.get(target_service) or self.rpc_timeout
 
-    def longest_call_bound(self):
+    def longest_call_bound(self) -> float:
         """The longest bound of any call, in seconds."""
         return max([self.rpc_timeout, *self.rpc_timeouts.values()])
 
@@ -277,7 +277,7 @@ _built: dict[
 MAX_BUILT = 256  # configs remembered (a process has one per container; tests make more)
 
 
-def settings_of(config):
+def settings_of(config: Mapping[str, Any] | Settings) -> Settings:
     """The :class:`Settings` of ``config``, built on first use and then shared by every
     extension and worker of the container (a bad value raises ValueError)."""
     if isinstance(config, Settings):
@@ -292,22 +292,22 @@ def settings_of(config):
     return entry[1]
 
 
-class ContainerConfig(Mapping):
+class ContainerConfig(Mapping[str, Any]):
     """A read-only view of a container's config, the same object for every worker."""
 
-    def __init__(self, container_config):
+    def __init__(self, container_config: Mapping[str, Any]) -> None:
         self.container_config = container_config
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         return self.container_config[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.container_config)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.container_config)
 
-    def copy(self):
+    def copy(self) -> dict[str, Any]:
         return dict(self.container_config)
 
 
@@ -317,10 +317,10 @@ class Config(NamekoConfig):
     is built once per config (:func:`settings_of`, ``gateway.authz.gate``) then is built
     once per container, not once per request."""
 
-    def setup(self):
+    def setup(self) -> None:
         self.view = ContainerConfig(self.container.config)
 
-    def get_dependency(self, worker_ctx):
+    def get_dependency(self, worker_ctx: Any) -> ContainerConfig:
         return self.view
 
 
@@ -329,8 +329,8 @@ class SettingsCheck(DependencyProvider):
     has a malformed value refuses to start, with the key in the message; workers get the
     settings object (``self.settings.rpc_timeout``)."""
 
-    def setup(self):
+    def setup(self) -> None:
         self.settings = settings_of(self.container.config)
 
-    def get_dependency(self, worker_ctx):
+    def get_dependency(self, worker_ctx: Any) -> Settings:
         return self.settings

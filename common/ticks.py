@@ -25,6 +25,7 @@ or rolls back (the session context managers do), so stopping anywhere is safe.
 """
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -36,7 +37,7 @@ TRANSIENT = (OperationalError, InterfaceError, PoolTimeoutError, ShopError)
 MAX_REASON_CHARS = 300
 
 
-def reason(exc):
+def reason(exc: BaseException) -> str:
     """``exc`` as one short line: its class (the driver's for a DBAPI error) and the first
     words of its message, never the SQL statement nor its parameters."""
     error = getattr(exc, "orig", None) or exc  # a DBAPIError wraps the driver's error
@@ -45,7 +46,7 @@ def reason(exc):
 
 
 @contextmanager
-def retried_at_next_tick(log: logging.Logger, job: str):
+def retried_at_next_tick(log: logging.Logger, job: str) -> Iterator[None]:
     """Run a timer's body; a transient failure is one warning line, not a crash (see the
     module docstring)."""
     try:

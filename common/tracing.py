@@ -30,8 +30,13 @@ One tracer provider per process (:func:`provider_for`), built from the first con
 config; :func:`use_provider` injects another one (tests: an in-memory exporter).
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import Token
+from typing import TYPE_CHECKING, Any
 
 from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
@@ -48,9 +53,13 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRat
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from common.errors import ShopError, outcome_of
+from common.errors import ExcInfo, ShopError, outcome_of
 from common.metrics import entrypoint_kind  # one classification for metrics and traces
 from common.settings import TRACING_EXPORTERS, settings_of
+
+if TYPE_CHECKING:
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from sqlalchemy import Engine
 
 EXPORTERS = TRACING_EXPORTERS
 TRACE_HEADERS = ("traceparent", "tracestate")  # the context data keys of W3C Trace Context
@@ -58,23 +67,23 @@ TRACE_HEADERS = ("traceparent", "tracestate")  # the context data keys of W3C Tr
 propagator = TraceContextTextMapPropagator()
 
 
-class ContextDataGetter(Getter):
+class ContextDataGetter(Getter[Mapping[str, Any]]):
     """Reads W3C headers from nameko's context data (a plain dict), without the default
     getter's per-call type checks."""
 
-    def get(self, carrier, key):
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
         value = carrier.get(key)
         return [value] if isinstance(value, str) else None
 
-    def keys(self, carrier):
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
         return list(carrier)
 
 
 context_data_getter = ContextDataGetter()
-_provider = None  # this process's TracerProvider
+_provider: TracerProvider | None = None  # this process's TracerProvider
 
 
-def build_provider(config, service_name):
+def build_provider(config: Mapping[str, Any], service_name: str) -> TracerProvider:
     """A TracerProvider as config.yml says (module docstring)."""
     settings = settings_of(config)  # an exporter it does not know raises ValueError
     exporter = settings.tracing_exporter
@@ -92,7 +101,7 @@ def build_provider(config, service_name):
     return provider
 
 
-def provider_for(config, service_name):
+def provider_for(config: Mapping[str, Any], service_name: str) -> TracerProvider:
     """This process's provider: the injected one, else built once from ``config``."""
     global _provider
     if _provider is None:
@@ -101,7 +110,7 @@ def provider_for(config, service_name):
 
 
 @contextlib.contextmanager
-def use_provider(provider):
+def use_provider(provider: TracerProvider) -> Iterator[TracerProvider]:
     """Make ``provider`` this process's provider for the block (containers set up inside
     it use it)."""
     global _provider
@@ -112,12 +121,12 @@ def use_provider(provider):
         _provider = previous
 
 
-def records_spans(provider):
+def records_spans(provider: object) -> bool:
     """True when spans of ``provider`` may be recorded (an exporter is configured)."""
     return getattr(provider, "sampler", None) is not ALWAYS_OFF
 
 
-def trace_fields():
+def trace_fields() -> dict[str, str]:
     """``{"trace_id", "span_id"}`` of the current span, hex as in ``traceparent`` (empty
     when there is none)."""
     span_context = trace.get_current_span().get_span_context()
@@ -129,7 +138,7 @@ def trace_fields():
     }
 
 
-def mark_outcome(span, exc):
+def mark_outcome(span: trace.Span, exc: BaseException | None) -> None:
     """Record how a call ended on ``span``: ``shop.outcome``, and an error status for a
     crash or a 5xx (a 4xx is the caller's mistake, not this span's failure)."""
     span.set_attribute("shop.outcome", outcome_of(exc))
@@ -148,13 +157,15 @@ SPAN_KINDS = {
 class Tracing(DependencyProvider):
     """One span per worker, current for the worker's whole run (module docstring)."""
 
-    def setup(self):
+    def setup(self) -> None:
         service = self.container.service_name
         self.provider = provider_for(self.container.config, service)
         self.tracer = self.provider.get_tracer(service)
-        self.active = {}  # worker_ctx -> (span, context token)
+        self.active: dict[
+            Any, tuple[trace.Span, Token[context.Context]]
+        ] = {}  # worker_ctx -> (span, token)
 
-    def worker_setup(self, worker_ctx):
+    def worker_setup(self, worker_ctx: Any) -> None:
         kind = entrypoint_kind(worker_ctx.entrypoint)
         parent = (
             None
@@ -175,23 +186,25 @@ class Tracing(DependencyProvider):
         token = context.attach(trace.set_span_in_context(span))
         self.active[worker_ctx] = (span, token)
 
-    def worker_result(self, worker_ctx, result=None, exc_info=None):
+    def worker_result(
+        self, worker_ctx: Any, result: Any = None, exc_info: ExcInfo | None = None
+    ) -> None:
         active = self.active.get(worker_ctx)
         if active is not None:
             mark_outcome(active[0], exc_info[1] if exc_info else None)
 
-    def worker_teardown(self, worker_ctx):
+    def worker_teardown(self, worker_ctx: Any) -> None:
         active = self.active.pop(worker_ctx, None)
         if active is not None:
             span, token = active
             span.end()
             context.detach(token)
 
-    def get_dependency(self, worker_ctx):
+    def get_dependency(self, worker_ctx: Any) -> None:
         return None
 
 
-def trace_statements(engine, provider, service_name):
+def trace_statements(engine: Engine, provider: TracerProvider, service_name: str) -> EngineTracer:
     """Each statement run on ``engine`` becomes a child span of the current one
     (opentelemetry-instrumentation-sqlalchemy's engine tracer, bound to this engine only:
     its instrumentor would also patch ``sqlalchemy.create_engine`` process-wide and
@@ -208,13 +221,15 @@ def trace_statements(engine, provider, service_name):
 
 
 @functools.lru_cache(maxsize=64)
-def tracer_of(provider, name):
+def tracer_of(provider: TracerProvider, name: str) -> trace.Tracer:
     """``provider.get_tracer(name)``, made once (the SDK builds a new tracer per call)."""
     return provider.get_tracer(name)
 
 
 @contextlib.contextmanager
-def client_span(provider, caller, target, method):
+def client_span(
+    provider: TracerProvider, caller: str, target: str, method: str
+) -> Iterator[tuple[trace.Span, dict[str, str]]]:
     """A ``CLIENT`` span for one RPC to ``target.method``, child of the current span;
     yields ``(span, headers)`` where ``headers`` are the context data entries that make the
     callee's span a child of this one."""
@@ -231,7 +246,7 @@ def client_span(provider, caller, target, method):
         yield span, headers
 
 
-def current_headers():
+def current_headers() -> dict[str, str]:
     """The W3C Trace Context entries of the current span (for a message sent outside an
     RPC, e.g. an event)."""
     headers: dict[str, str] = {}
@@ -243,8 +258,8 @@ class TracedEventDispatcher(EventDispatcher):
     """nameko's ``EventDispatcher`` whose events carry the dispatching worker's span as
     their parent (nameko computes the headers before the worker's span exists)."""
 
-    def get_dependency(self, worker_ctx):
-        def dispatch(event_type, event_data):
+    def get_dependency(self, worker_ctx: Any) -> Callable[[str, Any], None]:
+        def dispatch(event_type: str, event_data: Any) -> None:
             headers = self.get_message_headers(worker_ctx)
             headers.update(
                 (self._get_header_name(key), value) for key, value in current_headers().items()

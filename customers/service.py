@@ -1,6 +1,7 @@
 """Customers service: RPC contracts over the customers database."""
 
 import logging
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +30,9 @@ class CustomersService(ShopService):
     dispatch = TracedEventDispatcher()
 
     @rpc
-    def create_customer(self, payload, idempotency_key=None):
+    def create_customer(
+        self, payload: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Create a customer from ``{"name", "email"}``.
 
         Returns the customer (``id``, ``name``, ``email`` lower-cased, ``created_at``).
@@ -56,10 +59,11 @@ class CustomersService(ShopService):
                 return created
             with self.db.get_session() as session:
                 first = (
-                    key
-                    and session.scalars(
+                    session.scalars(
                         select(Customer).where(Customer.idempotency_key == key)
                     ).one_or_none()
+                    if key is not None
+                    else None
                 )
                 if first is None:
                     raise EmailAlreadyRegistered(
@@ -79,7 +83,7 @@ class CustomersService(ShopService):
             log.warning("customer_created not published for %s: %s", customer["id"], exc)
 
     @rpc
-    def get_customer(self, customer_id):
+    def get_customer(self, customer_id: int) -> dict[str, Any]:
         """The customer with ``customer_id``; raises CustomerNotFound (404). Read-only."""
         if not is_valid_id(customer_id):
             raise CustomerNotFound.for_id(customer_id)
@@ -90,7 +94,9 @@ class CustomersService(ShopService):
             return customer_schema.dump(customer)
 
     @rpc
-    def list_customers(self, limit=None, after=None):
+    def list_customers(
+        self, limit: int | str | None = None, after: int | str | None = None
+    ) -> dict[str, Any]:
         """One page of customers in id order: ``{"items": [...], "next_after": id|None}``.
 
         ``limit`` defaults to PAGE_DEFAULT_LIMIT (max PAGE_MAX_LIMIT), ``after`` is the

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import eventlet
 from nameko.events import event_handler
@@ -151,7 +151,9 @@ class OrdersService(ShopService):
     products = BoundedRpcProxy("products")
 
     @rpc
-    def create_order(self, payload, idempotency_key=None):
+    def create_order(
+        self, payload: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Place an order from ``{"customer_id", "products": [{"id", "quantity"}]}``.
 
         Returns the confirmed order: ``{"id", "customer_id", "status", "total", "lines":
@@ -236,14 +238,14 @@ class OrdersService(ShopService):
                 raise
 
     @rpc
-    def get_order(self, order_id):
+    def get_order(self, order_id: int) -> dict[str, Any]:
         """The order with ``order_id``, its status and lines (``failure`` says why it is not
         confirmed). Raises OrderNotFound (404). Read-only."""
         with self.db.reading() as session:
             return order_schema.dump(self._get(session, order_id))
 
     @rpc
-    def cancel_order(self, order_id):
+    def cancel_order(self, order_id: int) -> dict[str, Any]:
         """Cancel a confirmed order and give its stock back.
 
         Returns the order, ``status: cancelled``. Raises OrderNotFound (404),
@@ -267,7 +269,12 @@ class OrdersService(ShopService):
             return order_schema.dump(order)
 
     @rpc
-    def list_orders(self, customer_id, limit=None, after=None):
+    def list_orders(
+        self,
+        customer_id: int,
+        limit: int | str | None = None,
+        after: int | str | None = None,
+    ) -> dict[str, Any]:
         """One page of ``customer_id``'s orders in id order, each with its lines:
         ``{"items", "next_after"}``. Raises CustomerNotFound (404), ValidationError (422).
         Read-only.
@@ -312,7 +319,7 @@ class OrdersService(ShopService):
             return {"items": items, "next_after": next_after}
 
     @rpc
-    def order_states(self, order_refs):
+    def order_states(self, order_refs: list[str]) -> dict[str, str]:
         """``{order_ref: status}`` for the committed orders among ``order_refs`` (at most
         1000); unknown refs are absent. Read-only (used by products' reconciler)."""
         refs = [str(ref) for ref in order_refs][:1000]

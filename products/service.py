@@ -12,6 +12,7 @@ the row locks, ``get_reservation``, which orders' recovery decides on) uses the 
 
 import logging
 from functools import partial
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -48,7 +49,9 @@ class ProductsService(ShopService):
     orders = BoundedRpcProxy("orders")
 
     @rpc
-    def create_product(self, payload, idempotency_key=None):
+    def create_product(
+        self, payload: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Create a product from ``{"name", "price", "stock"}``.
 
         ``price``: string or number, >= 0, at most 2 decimals; ``stock``: integer >= 0.
@@ -78,7 +81,7 @@ class ProductsService(ShopService):
                 return product_schema.dump(product)
 
     @rpc
-    def get_product(self, product_id):
+    def get_product(self, product_id: int) -> dict[str, Any]:
         """The product with ``product_id``; raises ProductNotFound (404). Read-only.
 
         From the read replica when there is one (its ``stock`` may lag the primary's);
@@ -91,7 +94,9 @@ class ProductsService(ShopService):
         return product
 
     @rpc
-    def list_products(self, limit=None, after=None):
+    def list_products(
+        self, limit: int | str | None = None, after: int | str | None = None
+    ) -> dict[str, Any]:
         """One page of products in id order: ``{"items": [...], "next_after": id|None}``.
 
         ``limit`` defaults to PAGE_DEFAULT_LIMIT (max PAGE_MAX_LIMIT), ``after`` is the
@@ -105,7 +110,7 @@ class ProductsService(ShopService):
         return self.db.read(partial(products_page, limit, after), complete=has_next_page)
 
     @rpc
-    def reserve_stock(self, order_ref, items):
+    def reserve_stock(self, order_ref: str, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Take stock for every line of order ``order_ref``, all or nothing.
 
         ``items``: ``[{"id": product_id, "quantity": n}, ...]`` (duplicate ids add up).
@@ -127,7 +132,7 @@ class ProductsService(ShopService):
             return reservation_schema.dump(hold)
 
     @rpc
-    def release_stock(self, order_ref):
+    def release_stock(self, order_ref: str) -> dict[str, Any]:
         """Give back the stock held for ``order_ref``; afterwards nothing can be reserved
         for it (a later ``reserve_stock`` returns ``status: released``).
 
@@ -139,7 +144,7 @@ class ProductsService(ShopService):
             return reservation_schema.dump(hold)
 
     @rpc
-    def get_reservation(self, order_ref):
+    def get_reservation(self, order_ref: str) -> dict[str, Any] | None:
         """The hold of ``order_ref`` (as ``reserve_stock`` returns it), or ``None`` if it
         never reserved nor was released. Read-only."""
         with self.db.reading() as session:  # no transaction outlives the worker
