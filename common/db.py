@@ -42,7 +42,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from common.errors import ServiceUnavailable
+from common.errors import Reason, ServiceUnavailable
 from common.metrics import watch_pool
 from common.replica import ReplicaReads, always
 from common.settings import settings_of
@@ -296,7 +296,7 @@ def database_errors_as_unavailable() -> Iterator[None]:
         code = getattr(exc.orig, "pgcode", None)
         raise ServiceUnavailable(
             "the database is unavailable or busy; retry later",
-            {"reason": "database", "pgcode": code},
+            {"reason": Reason.DATABASE, "pgcode": code},
         ) from None
 
 

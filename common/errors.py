@@ -26,6 +26,7 @@ path: :func:`error_class` maps a code back to its class.
 
 import json
 from collections.abc import Sequence
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -33,6 +34,19 @@ from nameko.exceptions import deserialize_to_instance, registry
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 """``sys.exc_info()`` of a failed call, as nameko hands it to ``worker_result``."""
+
+
+class Reason(StrEnum):
+    """``details["reason"]`` of a 503 (and what readiness checks report): why a dependency
+    was not available. Clients and the gateway's readiness read these words; they are
+    strings on the wire (a StrEnum compares equal to its value)."""
+
+    BROKER = "broker"  # RabbitMQ unreachable, or the connection broke mid-publish
+    BROKER_BLOCKED = "broker_blocked"  # RabbitMQ blocks publishers (memory or disk alarm)
+    SERVICE_RESTARTING = "service_restarting"  # the callee's own broker connection broke
+    DATABASE = "database"  # the service's own database failed
+    JWKS = "jwks"  # the identity provider's keys could not be fetched
+    SHUTTING_DOWN = "shutting_down"  # the gateway is draining (it is stopping)
 
 
 class ShopError(Exception):

@@ -28,7 +28,7 @@ from nameko.extensions import DependencyProvider
 
 from common.broker import BrokerWatch
 from common.db import Database, ShopDatabaseWrapper, check_database
-from common.errors import ShopError
+from common.errors import Reason, ShopError
 from common.metrics import exposition
 from common.rpc import broker_status
 from common.settings import settings_of
@@ -110,7 +110,7 @@ class OpsHttp(DependencyProvider):
     def _ready(self, start_response):
         checks = {"rabbitmq": broker_status(self.broker_watch), "database": self._database()}
         if not self.broker_watch.connected:
-            checks["rabbitmq"] = {"status": "service_unavailable", "reason": "broker"}
+            checks["rabbitmq"] = {"status": "service_unavailable", "reason": Reason.BROKER}
         ready = all(check["status"] == "ok" for check in checks.values())
         body = {"status": "ready" if ready else "not_ready", "checks": checks}
         return _json(start_response, "200 OK" if ready else "503 Service Unavailable", body)
@@ -128,12 +128,12 @@ class OpsHttp(DependencyProvider):
         except eventlet.Timeout:
             return {"status": "timeout", "message": f"no answer within {self.ready_timeout:g}s"}
         except ShopError as exc:
-            return {"status": exc.error, "message": exc.message, "reason": "database"}
+            return {"status": exc.error, "message": exc.message, "reason": Reason.DATABASE}
         except Exception as exc:  # noqa: BLE001 - e.g. no pooled connection free in time
             return {
                 "status": "service_unavailable",
                 "message": type(exc).__name__,
-                "reason": "database",
+                "reason": Reason.DATABASE,
             }
         finally:
             db.close()

@@ -66,7 +66,7 @@ from nameko.rpc import (
 )
 
 from common.broker import BrokerWatch
-from common.errors import ExcInfo, GatewayTimeout, ServiceUnavailable, ShopError
+from common.errors import ExcInfo, GatewayTimeout, Reason, ServiceUnavailable, ShopError
 from common.metrics import observe_rpc_call
 from common.settings import settings_of
 from common.tracing import client_span, mark_outcome, provider_for
@@ -193,7 +193,7 @@ def broker_blocked_error(service_name: str, broker_watch: BrokerWatch) -> Servic
         f"the message broker is blocking publishers (resource alarm): cannot call {service_name}",
         {
             "service": service_name,
-            "reason": "broker_blocked",
+            "reason": Reason.BROKER_BLOCKED,
             **({"broker_reason": broker_watch.reason} if broker_watch.reason else {}),
         },
     )
@@ -261,7 +261,7 @@ class BoundedMethodProxy(MethodProxy):
             # restarts it) or it was being stopped: the call may be redelivered, retry
             raise ServiceUnavailable(
                 f"{self.service_name} could not handle the call ({exc.exc_type}); retry later",
-                {"service": self.service_name, "reason": "service_restarting"},
+                {"service": self.service_name, "reason": Reason.SERVICE_RESTARTING},
             ) from None
         except UnknownService:
             raise ServiceUnavailable(
@@ -276,7 +276,7 @@ class BoundedMethodProxy(MethodProxy):
             )
             raise ServiceUnavailable(
                 f"the message broker is unavailable: cannot call {self.service_name}",
-                {"service": self.service_name, "reason": "broker"},
+                {"service": self.service_name, "reason": Reason.BROKER},
             ) from exc
         finally:
             deadline.cancel()
@@ -305,7 +305,7 @@ def broker_status(broker_watch: BrokerWatch) -> dict[str, Any]:
     if broker_watch.blocked:
         return {
             "status": "service_unavailable",
-            "reason": "broker_blocked",
+            "reason": Reason.BROKER_BLOCKED,
             **({"message": broker_watch.reason} if broker_watch.reason else {}),
         }
     return {"status": "ok"}

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from common.config import ROOT
-from common.errors import CustomerNotFound, OrderNotFound, ServiceUnavailable
+from common.errors import CustomerNotFound, OrderNotFound, Reason, ServiceUnavailable
 from common.settings import settings_of
 from gateway.auth import configured_tokens
 from gateway.exceptions import Forbidden, Unauthorized
@@ -237,7 +237,7 @@ class Verifier:
             except jwt.PyJWKClientConnectionError as exc:
                 log.warning("JWKS not fetched: %s", exc)
                 raise ServiceUnavailable(
-                    "the signing keys could not be fetched", {"reason": "jwks"}
+                    "the signing keys could not be fetched", {"reason": Reason.JWKS}
                 ) from None
         assert self._jwks is not None  # a JWKS file, the only source left
         kid = jwt.get_unverified_header(token).get("kid")

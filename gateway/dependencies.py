@@ -5,7 +5,7 @@ import logging
 from eventlet import GreenPool
 from nameko.extensions import DependencyProvider
 
-from common.errors import ShopError
+from common.errors import Reason, ShopError
 from common.rpc import BoundedRpcProxy, BoundedServiceProxy, broker_status
 from common.settings import settings_of
 
@@ -26,9 +26,9 @@ class Readiness:
         ready = all(check["status"] == "ok" for check in checks.values())
         rabbitmq = broker_status(self.broker_watch)
         if rabbitmq["status"] == "ok" and any(
-            check.get("reason") == "broker" for check in checks.values()
+            check.get("reason") == Reason.BROKER for check in checks.values()
         ):  # a probe could not even publish
-            rabbitmq = {"status": "service_unavailable", "reason": "broker"}
+            rabbitmq = {"status": "service_unavailable", "reason": Reason.BROKER}
         return ready and rabbitmq["status"] == "ok", {"rabbitmq": rabbitmq, **checks}
 
     @staticmethod

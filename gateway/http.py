@@ -45,7 +45,7 @@ from nameko.web.server import WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common.errors import BadRequest, InternalError, ServiceUnavailable, ShopError
+from common.errors import BadRequest, InternalError, Reason, ServiceUnavailable, ShopError
 from common.logs import REQUEST_ID_KEY
 from common.metrics import HTTP_RESPONSES, child
 from common.rpc import longest_call_bound
@@ -90,7 +90,9 @@ def error_response(exc):
     if isinstance(exc, HTTPException):
         exc = from_http_status(exc.code, exc.description)
     if isinstance(exc, ContainerBeingKilled):  # this gateway is going down: go elsewhere
-        exc = ServiceUnavailable("the gateway is restarting; retry", {"reason": "shutting_down"})
+        exc = ServiceUnavailable(
+            "the gateway is restarting; retry", {"reason": Reason.SHUTTING_DOWN}
+        )
     if not isinstance(exc, ShopError):
         exc = InternalError()
     headers = dict(getattr(exc, "headers", None) or {})  # e.g. WWW-Authenticate on a 401
