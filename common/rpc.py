@@ -106,26 +106,21 @@ def longest_call_bound(config: Mapping[str, Any]) -> float:
 
 
 class ReplyPublisher(Publisher):
-    """How a service publishes an RPC's reply: no broker confirm awaited, not persistent.
+    """How a service publishes an RPC's reply: transient, still confirmed.
 
-    nameko 2.14 publishes replies like requests: persistent, and waiting for RabbitMQ's
-    confirm before the worker ends (a confirm round trip is most of what RabbitMQ spends
-    on a message: docs/BENCHMARKS.md, tuning log). A reply needs neither:
+    nameko 2.14 publishes replies like requests, persistent. A reply goes to the caller's
+    reply queue, which is not durable (``x-expires``): persistence keeps nothing across a
+    broker restart, and it is what makes RabbitMQ's confirm wait for the disk (most of
+    what RabbitMQ spent per message: docs/BENCHMARKS.md, issue 14's tuning log). A
+    transient message is confirmed as soon as it is routed.
 
-    - it goes to the caller's reply queue, which is not durable (``x-expires``): there is
-      nothing for persistence to keep across a broker restart;
-    - a reply lost anyway (the connection breaks after the write, before RabbitMQ has
-      routed it) ends the call in the caller's bound, a 504, as a lost reply always
-      could; every state-changing RPC is idempotent, so the retry is safe. What the
-      confirm added was only that the worker learnt of the loss, and it could do
-      nothing with it: the request is acked either way.
-
-    The requests keep nameko's settings: persistent and confirmed, ``mandatory`` (a
-    service that is not running is a 503 at once, which needs the confirm), and events
-    too (an event lost is not retried by anyone).
+    The confirm stays. Without it (tried), a service whose reply connection went to a
+    cluster node that was killed stopped answering for good: the unconfirmed writes were
+    not seen to fail, so kombu never failed over to a live node, and every call to it
+    ended in the caller's 504 (tests/faults/test_cluster.py caught it).
     """
 
-    use_confirms = False
+    use_confirms = True
     delivery_mode = NON_PERSISTENT
 
 

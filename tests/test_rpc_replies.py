@@ -1,7 +1,7 @@
 """common.rpc's ``@rpc`` against real RabbitMQ: how a service answers.
 
-Replies are published without awaiting a broker confirm and as transient messages (the
-reply queue is not durable); the result is encoded once, and one that cannot be encoded
+Replies are published as transient messages (the reply queue is not durable), still
+confirmed; the result is encoded once, and one that cannot be encoded
 is still answered with nameko's ``UnserializableValueError``. Requests keep their
 guarantees: persistent, and a call to a service that is not running fails at once."""
 
@@ -76,4 +76,4 @@ def test_a_reply_is_transient_and_a_request_persistent(echo):
     assert reply.properties["correlation_id"] == "c1"
     assert reply.payload == {"result": "hello", "error": None}
     assert reply.properties["delivery_mode"] == 1
-    assert ReplyPublisher.use_confirms is False
+    assert ReplyPublisher.use_confirms is True  # the cluster's failover needs it
