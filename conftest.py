@@ -20,7 +20,7 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 from nameko_sqlalchemy.database import Session  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
@@ -84,14 +84,7 @@ def db_engines(databases):
 def clean_databases(db_engines):
     """Every table of every test database emptied, ids restarting at 1."""
     for engine in db_engines.values():
-        with engine.begin() as conn:
-            tables = conn.scalars(
-                text(
-                    "SELECT quote_ident(tablename) FROM pg_tables "
-                    "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-                )
-            ).all()
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        admin.empty_tables(engine)
     return db_engines
 
 

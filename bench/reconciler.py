@@ -183,14 +183,7 @@ class Bench:
 
     def clean(self):
         for engine in self.engines.values():
-            with engine.begin() as conn:
-                tables = conn.scalars(
-                    text(
-                        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' "
-                        "AND tablename <> 'alembic_version'"
-                    )
-                ).all()
-                conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            admin.empty_tables(engine)
 
     def insert_backlog(self, count):
         with self.engines["orders"].begin() as conn:

@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from common import registry
@@ -162,6 +162,20 @@ def drop_database(uri: str, admin_uri: str | None = None) -> None:
             conn.execute(text(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)"))
     finally:
         engine.dispose()
+
+
+def empty_tables(engine: Engine) -> None:
+    """Empty every table of ``engine``'s database but Alembic's, ids restarting at 1 (the
+    tests' clean slate, and the bench's)."""
+    with engine.begin() as conn:
+        tables = conn.scalars(
+            text(
+                "SELECT quote_ident(tablename) FROM pg_tables "
+                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+        ).all()
+        if tables:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 
 
 def alembic_config(service: str, uri: str | None = None) -> AlembicConfig:

@@ -87,14 +87,7 @@ def stack(request, rabbit_manager, databases, pair, servers, tmp_path_factory):
 @pytest.fixture
 def api(stack, clean_databases, pair, servers):
     """The first gateway, in front of empty databases (the replica caught up)."""
-    with servers["primary"].connect() as conn:
-        tables = conn.scalars(
-            text(
-                "SELECT quote_ident(tablename) FROM pg_tables "
-                "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-            )
-        ).all()
-        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    admin.empty_tables(servers["primary"])
     pair.wait_caught_up()
     return stack.urls[0]
 
