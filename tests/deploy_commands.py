@@ -1,11 +1,24 @@
 """What a container command of docker-compose.yml or deploy/k8s/ must name: a real service
 class (``nameko run ... module:Class``, imported here) or a real subcommand of
 scripts/manage.py (parsed by its own parser). Shared by tests/test_compose.py and
-tests/test_k8s.py."""
+tests/test_k8s.py, with :func:`tool` (where their command-line tools are)."""
 
 import importlib
+import os
+import shutil
+
+import pytest
 
 from scripts.manage import build_parser
+
+
+def tool(name, env_var, how_to_get):
+    """The path of the command-line tool ``name`` (or of ``$env_var``); fails the test
+    saying ``how_to_get`` it when there is none."""
+    path = shutil.which(os.environ.get(env_var) or name)
+    if not path:
+        pytest.fail(f"{name} not found: {how_to_get}, or set {env_var} to its path")
+    return path
 
 
 def check_command(command):

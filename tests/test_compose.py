@@ -3,27 +3,24 @@ app container runs the one image built from the root Dockerfile with a command t
 a real service (tests/deploy_commands.py)."""
 
 import os
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
 from common.config import ROOT
-from tests.deploy_commands import check_command
+from tests.deploy_commands import check_command, tool
 
 COMPOSE_FILE = os.path.join(ROOT, "docker-compose.yml")
 IMAGE = "shop"
 
 
 def docker_compose():
-    path = shutil.which(os.environ.get("DOCKER_COMPOSE") or "docker-compose")
-    if not path:
-        pytest.fail(
-            "docker-compose not found: `apt-get install -y docker-compose` (Debian's "
-            "package; .ci/run installs it), or set DOCKER_COMPOSE to its path"
-        )
-    return path
+    return tool(
+        "docker-compose",
+        "DOCKER_COMPOSE",
+        "`apt-get install -y docker-compose` (Debian's package; .ci/run installs it)",
+    )
 
 
 def run_compose(*args):

@@ -12,7 +12,6 @@ import base64
 import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -25,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from common import admin, broker_permissions
 from common.config import ROOT
-from tests.deploy_commands import check_command
+from tests.deploy_commands import check_command, tool
 
 K8S = os.path.join(ROOT, "deploy", "k8s")
 CONFIG = os.path.join(ROOT, "config.yml")
@@ -64,14 +63,12 @@ REFERENCE = re.compile(r"\$\((\w+)\)")
 
 
 def kubectl():
-    path = shutil.which(os.environ.get("KUBECTL") or "kubectl")
-    if not path:
-        pytest.fail(
-            "kubectl not found: it renders deploy/k8s (`kubectl kustomize`). Install "
-            "kubectl 1.27 or later (the Kubernetes project's release binary or its apt "
-            "repository; kustomize is built in), or set KUBECTL to its path"
-        )
-    return path
+    return tool(
+        "kubectl",
+        "KUBECTL",
+        "it renders deploy/k8s (`kubectl kustomize`). Install kubectl 1.27 or later (the "
+        "Kubernetes project's release binary or its apt repository; kustomize is built in)",
+    )
 
 
 @functools.cache

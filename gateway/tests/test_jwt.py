@@ -327,9 +327,7 @@ def test_an_rs256_token_is_verified_with_the_public_key(start_gateway):
     public_pem = pem_of(private)
     url = start_gateway(AUTH_MODE="jwt", AUTH_JWT_PUBLIC_KEY=public_pem, RPC_TIMEOUT=1)
     signed = jwt.encode(claims(scope="shop:admin", sub="admin"), private, algorithm="RS256")
-    body = {"name": "p", "price": 1, "stock": 1}
-    ok = requests.post(f"{url}/api/products", json=body, headers=bearer(signed), timeout=10)
-    assert ok.status_code == 503  # past authorization: no products service here
+    assert post_product(url, signed).status_code == 503  # past authorization: no service
     # the public key used as an HMAC secret (the classic algorithm confusion)
     header = b64({"alg": "HS256", "typ": "JWT"})
     payload = b64(claims(scope="shop:admin", sub="admin"))
@@ -340,13 +338,7 @@ def test_an_rs256_token_is_verified_with_the_public_key(start_gateway):
         .rstrip(b"=")
         .decode()
     )
-    confused = requests.post(
-        f"{url}/api/products",
-        json=body,
-        timeout=10,
-        headers=bearer(f"{header}.{payload}.{signature}"),
-    )
-    assert confused.status_code == 401
+    assert post_product(url, f"{header}.{payload}.{signature}").status_code == 401
 
 
 def test_the_gateway_and_make_token_share_the_development_secret(start_gateway, tmp_path, caplog):
@@ -354,18 +346,9 @@ def test_the_gateway_and_make_token_share_the_development_secret(start_gateway, 
     with caplog.at_level("INFO", logger="gateway.authz"):
         url = start_gateway(**config, RPC_TIMEOUT=1)
     assert any("development secret" in record.getMessage() for record in caplog.records)
-    body = {"name": "p", "price": 1, "stock": 1}
-    admin = requests.post(
-        f"{url}/api/products", json=body, timeout=10, headers=bearer(authz.mint(config, admin=True))
-    )
+    admin = post_product(url, authz.mint(config, admin=True))
     assert admin.status_code == 503  # past authorization: no products service here
-    foreign = requests.post(
-        f"{url}/api/products",
-        json=body,
-        timeout=10,
-        headers=bearer(authz.mint(JWT_CONFIG, admin=True)),
-    )
-    assert foreign.status_code == 401
+    assert post_product(url, authz.mint(JWT_CONFIG, admin=True)).status_code == 401
 
 
 def test_the_public_key_may_be_a_file_or_one_line(tmp_path):
