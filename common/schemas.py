@@ -30,8 +30,10 @@ def load(schema: Schema, data: object) -> dict[str, Any]:
         raise ValidationError("the request is invalid", exc.normalized_messages()) from None
 
 
-class LineItemSchema(Schema):
-    """One order line on the wire between orders and products: ``{"id", "quantity"}``."""
+class RequestedLineSchema(Schema):
+    """One requested line, ``{"id": product_id, "quantity": n}``: an element of an order's
+    ``requested`` (the HTTP body's ``products``, the seed's name) and of
+    ``products.reserve_stock``'s ``requested``."""
 
     id = fields.Integer(strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4))
     quantity = fields.Integer(
@@ -39,10 +41,10 @@ class LineItemSchema(Schema):
     )
 
 
-def merged_quantities_fit(items: Iterable[Mapping[str, Any]]) -> None:
+def merged_quantities_fit(requested: Iterable[Mapping[str, Any]]) -> None:
     """List validator: the quantities of lines with the same product id add up (see
-    :func:`merge_line_items`), and each sum must still fit the quantity column."""
-    too_big = sorted(pid for pid, q in merge_line_items(items).items() if q > MAX_INT4)
+    :func:`quantities_by_product`), and each sum must still fit the quantity column."""
+    too_big = sorted(pid for pid, q in quantities_by_product(requested).items() if q > MAX_INT4)
     if too_big:
         raise MarshmallowValidationError(
             f"The quantities of product(s) {', '.join(map(str, too_big))} add up to more "
@@ -50,12 +52,17 @@ def merged_quantities_fit(items: Iterable[Mapping[str, Any]]) -> None:
         )
 
 
-LINE_ITEMS: list[Callable[[Any], Any]] = [validate.Length(min=1, max=100), merged_quantities_fit]
+# The validators of a ``requested`` list: 1 to 100 lines, merged quantities that fit.
+REQUESTED_LINES: list[Callable[[Any], Any]] = [
+    validate.Length(min=1, max=100),
+    merged_quantities_fit,
+]
 
 
-def merge_line_items(items: Iterable[Mapping[str, Any]]) -> dict[int, int]:
-    """``{product_id: total quantity}`` in ascending id order (duplicate ids add up)."""
+def quantities_by_product(requested: Iterable[Mapping[str, Any]]) -> dict[int, int]:
+    """The ``quantities`` of requested lines: ``{product_id: total quantity}`` in ascending
+    id order (duplicate ids add up)."""
     quantities: dict[int, int] = {}
-    for item in items:
-        quantities[item["id"]] = quantities.get(item["id"], 0) + item["quantity"]
+    for line in requested:
+        quantities[line["id"]] = quantities.get(line["id"], 0) + line["quantity"]
     return dict(sorted(quantities.items()))

@@ -3,16 +3,25 @@
 from marshmallow import Schema, fields, validate
 
 from common.db import MAX_INT4
-from common.schemas import LINE_ITEMS, LineItemSchema
+from common.schemas import REQUESTED_LINES, RequestedLineSchema
 
 
 class CreateOrderSchema(Schema):
-    """``create_order`` input: ``{"customer_id", "products": [{"id", "quantity"}]}``."""
+    """``create_order`` input: ``{"customer_id", "products": [{"id", "quantity"}]}``.
+
+    ``products`` is the seed's name for the order's requested lines: loaded as
+    ``requested``, the one name they keep from here to ``products.reserve_stock`` and the
+    orders table (errors still name the field ``products``)."""
 
     customer_id = fields.Integer(
         strict=True, required=True, validate=validate.Range(min=1, max=MAX_INT4)
     )
-    products = fields.List(fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS)
+    requested = fields.List(
+        fields.Nested(RequestedLineSchema),
+        data_key="products",
+        required=True,
+        validate=REQUESTED_LINES,
+    )
 
 
 class OrderLineSchema(Schema):

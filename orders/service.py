@@ -37,7 +37,7 @@ from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.metrics import IDEMPOTENT_REPLAYS, ORDERS, ORDERS_RECOVERED, count_on_commit
 from common.pagination import budget_batches, budget_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
-from common.schemas import load, merge_line_items
+from common.schemas import load, quantities_by_product
 from common.service import ShopService
 from common.settings import settings_of
 from common.ticks import retried_at_next_tick
@@ -170,7 +170,8 @@ class OrdersService(ShopService):
         """
         key = checked_key(idempotency_key)
         data = load(CreateOrderSchema(), payload)
-        quantities = merge_line_items(data["products"])
+        quantities = quantities_by_product(data["requested"])
+        # "products": the body's field name, as the fingerprints already stored were made
         request = fingerprint({"customer_id": data["customer_id"], "products": quantities})
         requested = [{"id": product_id, "quantity": q} for product_id, q in quantities.items()]
         with database_errors_as_unavailable():

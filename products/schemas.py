@@ -5,7 +5,7 @@ from decimal import Decimal
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from common.db import MAX_INT4
-from common.schemas import LINE_ITEMS, NOT_BLANK, LineItemSchema, storable_text
+from common.schemas import NOT_BLANK, REQUESTED_LINES, RequestedLineSchema, storable_text
 
 MAX_PRICE = Decimal("9999999999.99")  # Numeric(12, 2)
 
@@ -44,10 +44,14 @@ class ProductSchema(Schema):
 
 
 class ReserveStockSchema(Schema):
+    """``reserve_stock`` input: ``{"order_ref", "requested": [{"id", "quantity"}]}``."""
+
     order_ref = fields.String(
         required=True, validate=[validate.Length(min=1, max=64), storable_text]
     )
-    items = fields.List(fields.Nested(LineItemSchema), required=True, validate=LINE_ITEMS)
+    requested = fields.List(
+        fields.Nested(RequestedLineSchema), required=True, validate=REQUESTED_LINES
+    )
 
 
 class ReservedLineSchema(Schema):

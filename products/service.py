@@ -22,7 +22,7 @@ from common.idempotency import checked_key, ensure_same_request, fingerprint
 from common.metrics import IDEMPOTENT_REPLAYS
 from common.pagination import keyset_page, page_params
 from common.rpc import BoundedRpcProxy, rpc
-from common.schemas import load, merge_line_items
+from common.schemas import load, quantities_by_product
 from common.service import ShopService
 from common.ticks import retried_at_next_tick
 from common.timer import config_timer
@@ -110,10 +110,18 @@ class ProductsService(ShopService):
         return self.db.read(partial(products_page, limit, after), complete=has_next_page)
 
     @rpc
-    def reserve_stock(self, order_ref: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def reserve_stock(
+        self,
+        order_ref: str,
+        requested: list[dict[str, Any]] | None = None,
+        *,
+        items: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         """Take stock for every line of order ``order_ref``, all or nothing.
 
-        ``items``: ``[{"id": product_id, "quantity": n}, ...]`` (duplicate ids add up).
+        ``requested``: the order's requested lines, ``[{"id": product_id, "quantity": n},
+        ...]`` (duplicate ids add up). ``items=`` is this argument's former keyword,
+        still accepted from callers that name it (orders passes it by position).
         Returns ``{"order_ref", "status", "lines": [{"product_id", "name", "quantity",
         "unit_price"}]}`` with each unit price as it was at that moment. ``status`` is
         ``reserved`` on success; ``released`` if the order was released or fenced before
@@ -123,8 +131,10 @@ class ProductsService(ShopService):
         ServiceUnavailable (503, lock or database timeout). Nothing changes on an error.
         Idempotent on ``order_ref``: a replay returns the first outcome unchanged.
         """
-        request = load(ReserveStockSchema(), {"order_ref": order_ref, "items": items})
-        quantities = merge_line_items(request["items"])
+        if requested is None:
+            requested = items
+        request = load(ReserveStockSchema(), {"order_ref": order_ref, "requested": requested})
+        quantities = quantities_by_product(request["requested"])
         with database_errors_as_unavailable():
             hold = stock.with_hold_retry(
                 self.db.get_session, stock.reserve, request["order_ref"], quantities
