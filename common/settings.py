@@ -212,6 +212,7 @@ class Settings:
     auth_jwt_audience: str = setting("AUTH_JWT_AUDIENCE", text, "shop-api")
     auth_jwt_leeway: float = setting("AUTH_JWT_LEEWAY", seconds, 0.0)
     auth_signup: str = setting("AUTH_SIGNUP", one_of(*SIGNUP_RULES), "open")
+    auth_jwt_dev_secret_path: str = setting("AUTH_JWT_DEV_SECRET_PATH", text, "")
     # -- pagination (common/pagination.py, orders/service.py) --
     page_default_limit: int = setting("PAGE_DEFAULT_LIMIT", count, 100)
     page_max_limit: int = setting("PAGE_MAX_LIMIT", count, 1000)

@@ -93,16 +93,14 @@ class Principal:
 
 def auth_mode(config):
     """``off``, ``tokens`` or ``jwt`` (see the module docstring)."""
-    mode = str(config.get("AUTH_MODE") or "").strip().lower()
+    mode = settings_of(config).auth_mode  # checked there: off, tokens, jwt or empty
     if not mode:
         return "tokens" if configured_tokens(config) else "off"
-    if mode not in ("off", "tokens", "jwt"):
-        raise ValueError(f"AUTH_MODE must be off, tokens or jwt, not {mode!r}")
     return mode
 
 
 def dev_secret_path(config):
-    return config.get("AUTH_JWT_DEV_SECRET_PATH") or DEV_SECRET_PATH
+    return settings_of(config).auth_jwt_dev_secret_path or DEV_SECRET_PATH
 
 
 _dev_secrets: dict[str, str] = {}  # path -> secret: read once per process, not per request
@@ -140,16 +138,14 @@ def _read_or_create(path):
 
 
 def algorithms(config, default):
-    raw = config.get("AUTH_JWT_ALGORITHMS") or default
-    if not isinstance(raw, list):
-        raw = str(raw).split(",")
-    return [str(alg).strip() for alg in raw if str(alg).strip() and str(alg).strip() != "none"]
+    """``AUTH_JWT_ALGORITHMS`` (else ``default``), never ``none``."""
+    return [alg for alg in settings_of(config).auth_jwt_algorithms or default if alg != "none"]
 
 
 def public_key_pem(config):
     """``AUTH_JWT_PUBLIC_KEY``: the PEM itself (``\\n`` escapes allowed, for one-line
     environment variables) or the path of a file holding it."""
-    value = str(config.get("AUTH_JWT_PUBLIC_KEY") or "").strip()
+    value = settings_of(config).auth_jwt_public_key
     if value and not value.startswith("-----BEGIN") and os.path.isfile(value):
         with open(value) as file:
             return file.read().strip()
@@ -191,9 +187,9 @@ class Verifier:
         self._jwks_client: jwt.PyJWKClient | None = None
         self._jwks: jwt.PyJWKSet | None = None
         self._key: Any = None  # a public key object, or an HMAC secret (str)
-        jwks = str(config.get("AUTH_JWT_JWKS") or "").strip()
+        jwks = settings.auth_jwt_jwks
         public_key = public_key_pem(config)
-        secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
+        secret = settings.auth_jwt_secret
         if jwks:
             self.algorithms = [a for a in algorithms(config, ["RS256", "ES256"]) if a in ASYMMETRIC]
             self.source = f"JWKS {jwks}"
@@ -282,7 +278,7 @@ class Gate:
         self.mode = auth_mode(config)
         self.tokens = configured_tokens(config)
         self.verifier = Verifier(config) if self.mode == "jwt" else None
-        self.signup_is_admins = config.get("AUTH_SIGNUP") == "admin"
+        self.signup_is_admins = settings_of(config).auth_signup == "admin"
 
 
 _gates: dict[
@@ -300,8 +296,7 @@ def gate(config):
 
 def signing_secret(config):
     """The HS256 secret ``make token`` signs with (a public key cannot sign)."""
-    secret = str(config.get("AUTH_JWT_SECRET") or "").strip()
-    return secret or dev_secret(config)
+    return settings_of(config).auth_jwt_secret or dev_secret(config)
 
 
 def issuer(config):

@@ -196,6 +196,49 @@ def test_no_setting_is_read_with_a_default_of_its_own():
     assert not stale, f"no longer read with a fallback, remove from PENDING: {stale}"
 
 
+def _direct_reads(path):
+    """``(key, line)`` of each ``x.get("KEY")`` or ``x["KEY"]`` in ``path`` whose key is a
+    setting with its default in code (those nameko or the tooling read, whose default is
+    config.yml's, may be read as they are)."""
+    with open(path) as source:
+        tree = ast.parse(source.read(), path)
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            named = node.args[0] if node.func.attr == "get" else None
+        else:
+            named = node.slice if isinstance(node, ast.Subscript) else None
+        key = _setting_key(named, constants) if named is not None else None
+        if key and Settings.default(key) is not IN_CONFIG_YML:
+            found.append((key, node.lineno))
+    return found
+
+
+def test_no_setting_with_a_default_in_code_is_read_around_the_settings_object():
+    """A raw read of such a setting skips its default and its check: gateway/authz.py read
+    ``AUTH_SIGNUP == "admin"`` raw, so ``AUTH_SIGNUP=Admin`` passed the settings check
+    and left sign-up open."""
+    found = []
+    for package in PACKAGES:
+        for folder, dirs, files in os.walk(os.path.join(ROOT, package)):
+            dirs[:] = [d for d in dirs if d not in ("tests", "migrations", "__pycache__")]
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.endswith(".py") and path != settings_module.__file__:
+                    relative = os.path.relpath(path, ROOT)
+                    found += [(relative, key, line) for key, line in _direct_reads(path)]
+    assert not found, f"read these through settings_of(config): {sorted(found)}"
+
+
 def test_the_config_yml_defaults_kept_in_code_are_references():
     """Names other code imports (common.replica's constructor defaults) are the settings'
     defaults, not copies."""

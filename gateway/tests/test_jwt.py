@@ -499,3 +499,10 @@ def test_secrets_and_tokens_never_reach_the_logs(start_gateway, caplog):
         for part in secret.split("."):  # no JWT segment either (a signature is the secret's)
             if len(part) > 16:
                 assert part not in logged
+
+
+def test_the_signup_rule_is_read_as_the_settings_check_reads_it():
+    """``AUTH_SIGNUP`` passes the settings check in any case; the gate once compared the
+    raw value to "admin", so ``Admin`` left sign-up open."""
+    assert authz.Gate({"AUTH_MODE": "off", "AUTH_SIGNUP": "Admin"}).signup_is_admins
+    assert not authz.Gate({"AUTH_MODE": "off"}).signup_is_admins
