@@ -49,11 +49,15 @@ from nameko.exceptions import (
     UnserializableValueError,
     serialize,
 )
+from nameko.messaging import QueueConsumer
 from nameko.rpc import (
     MethodProxy,
     RpcProxy,
     ServiceProxy,
     get_rpc_exchange,
+)
+from nameko.rpc import (
+    ReplyListener as NamekoReplyListener,
 )
 from nameko.rpc import (
     Responder as NamekoResponder,
@@ -181,6 +185,47 @@ def rpc(fn: F) -> F:
     by :class:`Responder`. Every ``@rpc`` of a service must be this one: two consumer
     classes would consume the service's queue twice."""
     return Rpc.decorator(expected_exceptions=ShopError)(fn)
+
+
+class ReplyConsumer(QueueConsumer):
+    """The consumer of a container's reply queue: a connection of its own, replies taken
+    without acks and handed to their callers inline.
+
+    nameko 2.14 consumes replies through the container's one ``QueueConsumer``, with an
+    ack each (a frame the caller writes and RabbitMQ processes, per call) and a managed
+    green thread spawned per reply only to wake the caller. The reply queue belongs to
+    this process alone and is not durable (``x-expires``). What an ack would save is a
+    reply delivered but not yet read when the connection broke: RabbitMQ would deliver
+    it again after the reconnect. Without the ack it is lost, and its caller answers at
+    its bound (504) and the call is retried idempotently: the path of any lost reply
+    (the tests' broker restarts and killed cluster nodes go through it). Waking a caller
+    is ``Event.send``, which never blocks the consumer's thread.
+
+    Its own connection (a shared extension is keyed by its class) is what nameko 3 does
+    too: replies are not held up behind the service's own requests, which are consumed
+    with acks and a prefetch window.
+    """
+
+    def get_consumers(self, consumer_cls, channel):
+        for provider in self._providers:
+            self._consumers[provider] = consumer_cls(
+                queues=[provider.queue],
+                callbacks=[provider.handle_message],
+                accept=self.accept,
+                no_ack=True,
+            )
+        return self._consumers.values()
+
+
+class ReplyListener(NamekoReplyListener):
+    """nameko's reply listener on :class:`ReplyConsumer`: a reply is not acked."""
+
+    queue_consumer = ReplyConsumer()
+
+    def handle_message(self, body: Any, message: Any) -> None:
+        reply_event = self._reply_events.pop(message.properties.get("correlation_id"), None)
+        if reply_event is not None:
+            reply_event.send(body)
 
 
 def broker_blocked_error(service_name: str, broker_watch: BrokerWatch) -> ServiceUnavailable:
@@ -315,6 +360,7 @@ class BoundedRpcProxy(RpcProxy):
     """
 
     broker_watch = BrokerWatch()
+    rpc_reply_listener = ReplyListener()
 
     def __init__(
         self, target_service: str | None, timeout: float | None = None, **options: Any

@@ -129,3 +129,30 @@ def test_a_broker_blocking_publishers_is_unavailable_at_once_and_nothing_is_sent
     }
     assert time.monotonic() - started < 0.1
     assert listener._reply_events == {}
+
+
+def test_replies_are_consumed_without_acks_on_a_connection_of_their_own(
+    caller, rabbit_manager, rabbit_config
+):
+    """The reply listener has its own consumer, apart from the one the service's requests
+    come through, and RabbitMQ sees it take replies without acks while the service's
+    request queue is still consumed with acks."""
+    proxy, container = caller
+    assert proxy.call_slow(0) == "done"
+    listener = next(ext for ext in container.extensions if type(ext).__name__ == "ReplyListener")
+    requests = next(ext for ext in container.extensions if type(ext).__name__ == "QueueConsumer")
+    assert type(listener.queue_consumer).__name__ == "ReplyConsumer"
+    assert listener.queue_consumer is not requests
+    vhost = rabbit_config["AMQP_URI"].rsplit("/", 1)[1]
+
+    def acks_required(queue_name):  # the management API's view, refreshed every few s
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            details = rabbit_manager.get_queue(vhost, queue_name).get("consumer_details")
+            if details:
+                return {consumer["ack_required"] for consumer in details}
+            time.sleep(0.5)
+        raise AssertionError(f"no consumer of {queue_name} seen")
+
+    assert acks_required(listener.queue.name) == {False}
+    assert acks_required("rpc-caller") == {True}
