@@ -112,15 +112,16 @@ class NewOrder:
             "request_fingerprint": request,
         }
         known = exists().where(KnownCustomer.id == customer_id).label("known")
-        row = session.execute(cls.INSERT.values(**values).returning(known)).one()
+        row = session.connection().execute(cls.INSERT.values(**values).returning(known)).one()
         order = cls(id=row.id, created_at=row.created_at, updated_at=row.updated_at, **values)
         return order, row.known
 
     def record(self, session):
         """Write what :func:`orders.flow.advance` decided: its lines, then its status,
         total and failure (``updated_at`` as the database sets it)."""
+        connection = session.connection()  # Core statements: no ORM execution around them
         if self.lines:
-            session.execute(
+            connection.execute(
                 insert(ORDER_LINES_TABLE),
                 [
                     {
@@ -133,7 +134,7 @@ class NewOrder:
                     for line in self.lines
                 ],
             )
-        self.updated_at = session.execute(
+        self.updated_at = connection.execute(
             update(ORDERS_TABLE)
             .where(ORDERS_TABLE.c.id == self.id)
             .values(

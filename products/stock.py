@@ -53,7 +53,7 @@ def lock_products(session, product_ids):
 def lock_stock_rows(session, product_ids):
     """:func:`lock_products` as plain rows (id, name, price, stock): the reservation only
     reads them, and skipping the ORM objects saves most of the Python around the lock."""
-    rows = session.execute(
+    rows = session.connection().execute(  # Core: no ORM execution around the statement
         locking(product_ids, Product.id, Product.name, Product.price, Product.stock)
     )
     return {row.id: row for row in rows}
@@ -149,7 +149,7 @@ def reserve(session, order_ref, quantities):
         for product_id, quantity in quantities.items()
     ]
     count_on_commit(session, STOCK_UNITS_RESERVED, sum(quantities.values()))
-    session.execute(
+    session.connection().execute(
         TAKE_STOCK,
         {
             "order_ref": order_ref,
