@@ -194,6 +194,7 @@ class Settings:
     # -- gateway HTTP (gateway/http.py, gateway/dependencies.py) --
     web_server_address: str | None = setting("WEB_SERVER_ADDRESS", text)
     gateway_addresses: list | None = setting("GATEWAY_ADDRESSES", anything)
+    gateway_processes: int | None = setting("GATEWAY_PROCESSES", count)
     web_listen_backlog: int = setting("WEB_LISTEN_BACKLOG", count, 1024)
     http_idle_timeout: float = setting("HTTP_IDLE_TIMEOUT", timeout, 10.0)
     http_max_body_bytes: int = setting("HTTP_MAX_BODY_BYTES", count, 64 * 1024)

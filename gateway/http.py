@@ -11,8 +11,11 @@ Every answer carries ``X-Request-ID`` (the client's, or a new one), which also g
 every service in Nameko's context data. Routes may require a bearer token
 (``AUTH_MODE``: :mod:`gateway.authz`, :mod:`gateway.auth`).
 
-The listening socket gets a configurable backlog (``WEB_LISTEN_BACKLOG``); eventlet's
-default of 50 resets connections in bursts. Connections are handled by
+A gateway process listens on every address of ``WEB_SERVER_ADDRESS`` (``host:port``, or
+several, comma-separated): `make up` runs ``GATEWAY_PROCESSES`` processes over the seed's
+three ports, one by default, which on two cores costs less CPU per answer than a process
+per port (docs/BENCHMARKS.md, issue 14). Each listening socket gets a configurable backlog
+(``WEB_LISTEN_BACKLOG``); eventlet's default of 50 resets connections in bursts. Connections are handled by
 :class:`gateway.protocol.JsonHttpProtocol` (JSON errors for malformed heads, idle and
 read timeouts of ``HTTP_IDLE_TIMEOUT`` seconds).
 
@@ -41,7 +44,7 @@ from eventlet.greenio import GreenSocket
 from eventlet.wsgi import STATE_IDLE, STATE_REQUEST
 from nameko.exceptions import ContainerBeingKilled, RemoteError
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, WsgiApp
+from nameko.web.server import BindAddress, WebServer, WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
@@ -215,7 +218,8 @@ class JsonWebServer(WebServer):
     """Nameko's web server with JSON errors, a configurable backlog, bounded connections
     (:mod:`gateway.protocol`) and a drain on stop (module docstring)."""
 
-    # set by nameko's WebServer (untyped): its serving thread, socket and start flag
+    # set by nameko's WebServer (untyped): its serving thread, socket and start flag; here
+    # the first listener's, the others are in _listeners
     _gt: Any
     _sock: Any
     _starting: bool
@@ -225,6 +229,24 @@ class JsonWebServer(WebServer):
         self.draining = False
         self._drained = Event()
         self._connections = {}  # id -> eventlet's [address, socket, state] of each open one
+        self._listeners = []  # (listening socket, its accepting thread), one per address
+
+    @property
+    def bind_addrs(self) -> list[BindAddress]:
+        """Every address of ``WEB_SERVER_ADDRESS`` (nameko's default ``0.0.0.0:8000``)."""
+        raw = settings_of(self.container.config).web_server_address or "0.0.0.0:8000"
+        return [parse_address(address.strip()) for address in raw.split(",") if address.strip()]
+
+    @property
+    def bind_addr(self) -> BindAddress:
+        return self.bind_addrs[0]
+
+    def accept_from(self, sock):
+        """nameko's ``WebServer.run`` for one listening socket of several."""
+        while self._is_accepting:
+            client, address = sock.accept()
+            client.settimeout(self._serv.socket_timeout)
+            self.container.spawn_managed_thread(partial(self.process_request, client, address))
 
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
@@ -262,11 +284,10 @@ class JsonWebServer(WebServer):
             return
         self.draining = True
         self._is_accepting = False
-        if self._gt is not None:
-            self._gt.kill()
-        if self._sock is not None:
-            self._accept_backlog()
-            self._sock.close()  # new connections are refused: clients go to another gateway
+        for listener, accepting in self._listeners:
+            accepting.kill()
+            self._accept_backlog(listener)
+            listener.close()  # new connections are refused: clients go to another gateway
         started = time.monotonic()
         deadline = started + longest_call_bound(self.container.config) + 1
         while time.monotonic() < deadline and (
@@ -278,9 +299,9 @@ class JsonWebServer(WebServer):
             with_shutdown(sock)
         self._drained.send(True)
 
-    def _accept_backlog(self):
-        """Serve the connections the kernel already accepted for us."""
-        listener = getattr(self._sock, "fd", self._sock)  # the OS socket: never waits
+    def _accept_backlog(self, sock):
+        """Serve the connections the kernel already accepted for us on ``sock``."""
+        listener = getattr(sock, "fd", sock)  # the OS socket: never waits
         while True:
             try:
                 raw, address = listener.accept()
@@ -321,14 +342,22 @@ class JsonWebServer(WebServer):
 
     def start(self):
         # nameko 2.14.1's WebServer.start with a configurable backlog (upstream: eventlet's
-        # 50); tests/test_upstream_canaries.py fails if upstream's changes
+        # 50) and a listener per address (upstream: one); tests/test_upstream_canaries.py
+        # fails if upstream's changes. One wsgi server serves every listener's connections
+        # (eventlet reads SERVER_PORT from the connection, not from the server).
         if not self._starting:
             self._starting = True
             backlog = settings_of(self.container.config).web_listen_backlog
-            self._sock = eventlet.listen(self.bind_addr, backlog=backlog)
-            self._sock.settimeout(None)  # see nameko.web.server.WebServer.start
+            sockets = [eventlet.listen(address, backlog=backlog) for address in self.bind_addrs]
+            for sock in sockets:
+                sock.settimeout(None)  # see nameko.web.server.WebServer.start
+            self._sock = sockets[0]
             self._serv = self.get_wsgi_server(self._sock, self.get_wsgi_app())
-            self._gt = self.container.spawn_managed_thread(self.run)
+            self._listeners = [
+                (sock, self.container.spawn_managed_thread(partial(self.accept_from, sock)))
+                for sock in sockets
+            ]
+            self._gt = self._listeners[0][1]
 
 
 class JsonHttpEntrypoint(HttpRequestHandler):

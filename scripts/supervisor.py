@@ -98,12 +98,27 @@ def scrape_host(host):
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def gateway_processes(config):
+    """The addresses each gateway process listens on: ``GATEWAY_ADDRESSES`` dealt among
+    ``GATEWAY_PROCESSES`` processes (process i takes every n-th address from the i-th),
+    so each address has exactly one process and each process at least one address."""
+    addresses = [str(address) for address in config["GATEWAY_ADDRESSES"]]
+    count = int(config.get("GATEWAY_PROCESSES") or len(addresses))
+    if not 0 < count <= len(addresses):
+        raise ValueError(
+            f"GATEWAY_PROCESSES={count} must be between 1 and the {len(addresses)} "
+            "GATEWAY_ADDRESSES (a port is served by one process)"
+        )
+    return [addresses[index::count] for index in range(count)]
+
+
 def metrics_targets(config):
     """``{"gateway" | service: ["host:port", ...]}``: where each process serves
-    ``/metrics`` (a gateway on its own address, a service process on its ops port)."""
+    ``/metrics`` (a gateway process on the first of its addresses, a service process on
+    its ops port)."""
     targets = {"gateway": []}
-    for address in config["GATEWAY_ADDRESSES"]:
-        host, port = str(address).rsplit(":", 1)
+    for addresses in gateway_processes(config):
+        host, port = addresses[0].rsplit(":", 1)
         targets["gateway"].append(f"{scrape_host(host)}:{port}")
     host = scrape_host(config.get("OPS_HTTP_HOST") or DEFAULT_OPS_HOST)
     for service, ports in ops_ports(config).items():
@@ -131,15 +146,15 @@ def render(config, run_dir):
             )
         )
     gateways = []
-    for address in config["GATEWAY_ADDRESSES"]:
-        port = str(address).rsplit(":", 1)[-1]
+    for addresses in gateway_processes(config):
+        port = addresses[0].rsplit(":", 1)[-1]  # a gateway process goes by its first port
         gateways.append(f"gateway-{port}")
         parts.append(
             PROGRAM.format(
                 name=f"gateway-{port}",
                 module=SERVICE_CLASSES[GATEWAY],
                 processes=1,
-                extra_env=f',WEB_SERVER_ADDRESS="{address}"',
+                extra_env=f',WEB_SERVER_ADDRESS="{",".join(addresses)}"',
                 priority=PRIORITY["gateways"],
                 stopwaitsecs=STOP_WAIT_SECONDS,
                 **common,

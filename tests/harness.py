@@ -51,13 +51,24 @@ def rabbit_vhost(rabbit_manager, amqp_uri, prefix):
 
 
 @contextlib.contextmanager
-def stack_on_vhost(request, rabbit_manager, db_uris, run_dir, prefix, processes, **overrides):
-    """A running :class:`Stack` (``processes``, the settings ``overrides``) on a vhost of
-    its own (``<prefix>_<random>``, deleted afterwards) of the test broker, in front of
-    ``db_uris``: what the e2e and fault layers' ``stack`` fixtures share."""
+def stack_on_vhost(
+    request,
+    rabbit_manager,
+    db_uris,
+    run_dir,
+    prefix,
+    processes,
+    gateway_processes=None,
+    **overrides,
+):
+    """A running :class:`Stack` (``processes``, ``gateway_processes``, the settings
+    ``overrides``) on a vhost of its own (``<prefix>_<random>``, deleted afterwards) of the
+    test broker, in front of ``db_uris``: what the e2e and fault layers' ``stack`` fixtures
+    share."""
     amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
     with rabbit_vhost(rabbit_manager, amqp_uri, prefix) as vhost_uri:
-        with Stack(stack_env(vhost_uri, db_uris, **overrides), run_dir, processes) as running:
+        env = stack_env(vhost_uri, db_uris, **overrides)
+        with Stack(env, run_dir, processes, gateway_processes=gateway_processes) as running:
             yield running
 
 
@@ -83,9 +94,11 @@ class Stack:
     ``config`` holds what the configuration was written from (processes, gateway
     addresses, operations ports); ``metrics_targets`` is every process's metrics address
     by service (``gateway`` included).
+    ``gateway_processes`` serve the ``gateways`` addresses (default: one process each, so
+    that a test can kill one gateway while the others answer).
     ``with Stack(...) as running:`` starts it and always stops it."""
 
-    def __init__(self, env, run_dir, processes, gateways=3):
+    def __init__(self, env, run_dir, processes, gateways=3, gateway_processes=None):
         self.env = env
         self.run_dir = run_dir
         self.counts = processes
@@ -94,6 +107,7 @@ class Stack:
         self.config = {
             "PROCESSES": processes,
             "GATEWAY_ADDRESSES": self.addresses,
+            "GATEWAY_PROCESSES": gateway_processes or gateways,
             "OPS_HTTP_HOST": "127.0.0.1",
             "OPS_HTTP_PORTS": {service: free_port_block() for service in processes},
         }

@@ -16,7 +16,13 @@ REPLACED = {
     "nameko.web.server.WebServer.start": (
         "486138c90b8e9be2",
         "gateway/http.py JsonWebServer.start",
-        "the listen backlog is fixed at eventlet's 50 upstream; ours reads WEB_LISTEN_BACKLOG",
+        "the listen backlog is fixed at eventlet's 50 upstream; ours reads WEB_LISTEN_BACKLOG, "
+        "and listens on every address of WEB_SERVER_ADDRESS (upstream: one)",
+    ),
+    "nameko.web.server.WebServer.run": (
+        "f54a220ccb817633",
+        "gateway/http.py JsonWebServer.accept_from",
+        "upstream's accept loop reads the one socket; ours runs once per listening socket",
     ),
     "nameko.web.server.WsgiApp.__call__": (
         "2909d54e61f1f9a0",
@@ -26,7 +32,17 @@ REPLACED = {
     "nameko.rpc.Responder.send_response": (
         "d5c3234c5e408a01",
         "common/rpc.py Responder.send_response",
-        "replies without an awaited confirm, transient, the result encoded once",
+        "replies transient (still confirmed), the result encoded once",
+    ),
+    "nameko.rpc.ReplyListener.handle_message": (
+        "c10e21f1b3ea8be0",
+        "common/rpc.py ReplyListener.handle_message",
+        "a reply is not acked (its consumer takes it with no_ack)",
+    ),
+    "nameko.messaging.QueueConsumer.get_consumers": (
+        "9566ed8719e2f073",
+        "common/rpc.py ReplyConsumer.get_consumers",
+        "the reply queue consumed with no_ack, its replies handled inline, not spawned",
     ),
     "nameko.rpc.RpcConsumer.handle_result": (
         "25b95fd9dfce82c2",

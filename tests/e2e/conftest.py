@@ -1,7 +1,8 @@
 """End-to-end layer: the real stack as separate processes, driven over HTTP.
 
-One stack for the whole folder (tests/harness.py): customers x1, products x2, orders x2 and three
-gateway processes on free ports, on their own RabbitMQ vhost and the test databases.
+One stack for the whole folder (tests/harness.py): customers x1, products x2, orders x2 and, as
+`make up` runs it, one gateway process listening on three free ports, on their own RabbitMQ
+vhost and the test databases.
 Tests talk to it only through HTTP (and read the databases to check invariants).
 """
 
@@ -23,6 +24,7 @@ def stack(request, rabbit_manager, databases, tmp_path_factory):
         str(tmp_path_factory.mktemp("e2e-stack")),
         "shop_e2e",
         PROCESSES,
+        gateway_processes=1,
     ) as running:
         yield running
 
