@@ -49,7 +49,7 @@ ps:  ## process status, and each process's HTTP address (probes, metrics)
 	@$(MANAGE) ports
 
 logs:  ## follow every process's log
-	tail -n 20 -F $(RUN)/logs/*.log
+	tail -n 20 -F $(RUN)/logs/*.log $(RUN)/logs/*.out
 
 seed: migrate  ## fake data: make seed SEED_CUSTOMERS=10000 SEED_PRODUCTS=100000
 	$(MANAGE) seed --customers $(SEED_CUSTOMERS) --products $(SEED_PRODUCTS)

@@ -1,6 +1,7 @@
 """Where the CPU goes during a `make bench` scenario: per-process CPU time from /proc,
 attributed to a component (the gateways and each service, as children of the stack's
-supervisord; RabbitMQ; PostgreSQL; wrk; the bench itself; "other"), the machine's busy
+supervisord; supervisord itself, which carries the processes' output; RabbitMQ;
+PostgreSQL; wrk; the bench itself; "other"), the machine's busy
 time, and which long-lived processes (services, RabbitMQ's VM, PostgreSQL's postmaster)
 stopped between two snapshots.
 """
@@ -10,7 +11,7 @@ import os
 from bench.settings import ROOT
 from common.registry import PROCESS_KINDS
 
-COMPONENTS = (*PROCESS_KINDS, "rabbitmq", "postgres", "wrk", "bench")
+COMPONENTS = (*PROCESS_KINDS, "supervisord", "rabbitmq", "postgres", "wrk", "bench")
 RABBITMQ_COMMS = {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -32,6 +33,8 @@ def classify(pid, comm, ppid, stack_parent):
         return "wrk"
     if pid == os.getpid():
         return "bench"
+    if pid == stack_parent:
+        return "supervisord"
     if stack_parent is not None and ppid == stack_parent:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.registry import PROCESS_KINDS  # noqa: E402 (the repository root first)
 
-COMPONENTS = (*PROCESS_KINDS, "rabbitmq", "postgres")
+COMPONENTS = (*PROCESS_KINDS, "supervisord", "rabbitmq", "postgres")
 SCENARIOS = ("ceiling", "by_id", "customers", "orders", "hot")
 CPU_LINE = re.compile(r"CPU ms per answer: ([^;]+);")
 

@@ -48,7 +48,7 @@ command={nameko} run --config {root}/config.yml {module}
 directory={root}
 process_name=%(program_name)s-%(process_num)d
 numprocs={processes}
-environment=PYTHONPATH="{root}"{extra_env}
+environment=PYTHONPATH="{root}",SHOP_LOG_FILE="{run}/logs/%(program_name)s-%(process_num)d.log"{extra_env}
 autostart=true
 autorestart=true
 startsecs=3
@@ -58,9 +58,11 @@ stopwaitsecs={stopwaitsecs}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
-stdout_logfile={run}/logs/%(program_name)s-%(process_num)d.log
-stdout_logfile_maxbytes=20MB
-stdout_logfile_backups=2
+; the log lines are written by the process itself (SHOP_LOG_FILE, rotated at 20 MB); what
+; supervisord collects here is what bypasses logging (an interpreter's dying words)
+stdout_logfile={run}/logs/%(program_name)s-%(process_num)d.out
+stdout_logfile_maxbytes=5MB
+stdout_logfile_backups=1
 """
 
 
