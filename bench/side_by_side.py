@@ -10,8 +10,9 @@ Each ``name=checkout:port`` names a stack by the checkout whose ``.run/superviso
 runs it and its gateway port. One client with ``SIDE_THREADS`` threads (6) alternates
 requests between the stacks (``SIDE_SCENARIO``: orders, ping, product or customer;
 ``SIDE_REQUESTS`` per stack, 1500), and each stack's processes' CPU (user + system, from
-/proc) is read before and after. Prints the CPU milliseconds per answer of each service of
-each stack. RabbitMQ and PostgreSQL are shared and not attributed.
+/proc) is read before and after: its services' and gateways', and its supervisord's (which
+copies the processes' output when they log to its pipes). Prints the CPU milliseconds per
+answer of each of them, per stack. RabbitMQ and PostgreSQL are shared and not attributed.
 """
 
 import os
@@ -25,15 +26,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.registry import PROCESS_KINDS  # noqa: E402 (the repository root first)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SERVICES = PROCESS_KINDS
+SERVICES = (*PROCESS_KINDS, "supervisord")
 JSON = {"Content-Type": "application/json"}
 
 
 def stack_processes(checkout):
-    """``{pid: service}`` of the processes the checkout's supervisord runs."""
+    """``{pid: service}`` of the processes the checkout's supervisord runs, and its own."""
     with open(f"{checkout}/.run/supervisord.pid") as stream:
         supervisord = int(stream.read())
-    found = {}
+    found = {supervisord: "supervisord"}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as stream:
