@@ -26,13 +26,16 @@ class PageSchema(Schema):
     after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_INT4))
 
 
+PAGE_SCHEMA = PageSchema()  # built once: a Schema() deep-copies its fields
+
+
 def page_params(config: Mapping[str, Any], limit: Any = None, after: Any = None) -> tuple[int, int]:
     """Validated ``(limit, after)``; ``limit`` defaults to ``PAGE_DEFAULT_LIMIT`` and may
     not exceed ``PAGE_MAX_LIMIT`` (:mod:`common.settings`). Strings such as ``"10"`` are accepted."""
     raw = {key: value for key, value in (("limit", limit), ("after", after)) if value is not None}
     settings = settings_of(config)
     max_limit = settings.page_max_limit
-    params = load(PageSchema(), raw)
+    params = load(PAGE_SCHEMA, raw)
     if params["limit"] is not None and params["limit"] > max_limit:
         raise ValidationError(
             f"limit may not exceed {max_limit}", {"limit": [f"Must be at most {max_limit}."]}

@@ -27,8 +27,8 @@ from typing import Any, ClassVar, cast
 
 import eventlet
 from nameko.events import event_handler
-from sqlalchemy import Table, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Table, bindparam, exists, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
@@ -49,7 +49,10 @@ from orders.schemas import CreateOrderSchema, OrderSchema
 
 log = logging.getLogger(__name__)
 
+# Schemas are built once: a marshmallow Schema() deep-copies its declared fields, which was
+# a tenth of a reservation's CPU when done per call (docs/BENCHMARKS.md, issue 14).
 order_schema = OrderSchema()
+create_order_schema = CreateOrderSchema()
 # list_orders loads and serializes a page this many lines at a time (see there).
 LOAD_BATCH_LINES = 500
 
@@ -76,8 +79,8 @@ ORDER_LINES_TABLE = cast(Table, OrderLine.__table__)
 @dataclass
 class NewOrder:
     """An order this call has just inserted, as plain attributes rather than an ORM object:
-    the common path of ``create_order`` writes it with three Core statements (the
-    insert, the lines, the final update) instead of the ORM's unit of work, which was a
+    the common path of ``create_order`` writes it with two Core statements (the insert,
+    then the lines and the final update in one) instead of the ORM's unit of work, which was a
     third of the orders process's CPU per order (docs/BENCHMARKS.md, issue 14). It has
     what :mod:`orders.flow` reads and sets, and what ``OrderSchema`` dumps."""
 
@@ -94,9 +97,32 @@ class NewOrder:
     failure: dict | None = None
     lines: list[OrderLine] = field(default_factory=list)
 
+    # The statements are built once, their values bound per call: building them per call
+    # (``.values(...)`` and its cache key) was a fifth of the orders process's Python
+    # around an order (docs/BENCHMARKS.md, issue 14).
     INSERT: ClassVar = insert(ORDERS_TABLE).returning(
-        ORDERS_TABLE.c.id, ORDERS_TABLE.c.created_at, ORDERS_TABLE.c.updated_at
+        ORDERS_TABLE.c.id,
+        ORDERS_TABLE.c.created_at,
+        ORDERS_TABLE.c.updated_at,
+        exists().where(KnownCustomer.id == bindparam("known_customer_id")).label("known"),
     )
+    # The outcome in one round trip: the lines (none unless confirmed; the arrays hold one
+    # element per line, in order) and the order's status, total and failure.
+    RECORD: ClassVar = text("""
+        WITH lines AS (
+            INSERT INTO order_lines (order_id, product_id, product_name, quantity, unit_price)
+            SELECT :order_id, line.product_id, line.product_name, line.quantity,
+                   line.unit_price
+            FROM unnest(CAST(:product_ids AS integer[]), CAST(:product_names AS text[]),
+                        CAST(:quantities AS integer[]), CAST(:unit_prices AS numeric[]))
+                 WITH ORDINALITY AS line(product_id, product_name, quantity, unit_price, n)
+            ORDER BY line.n
+        )
+        UPDATE orders SET status = :status, total = :total, failure = :failure,
+                          updated_at = now()
+        WHERE id = :order_id
+        RETURNING updated_at
+    """).bindparams(bindparam("failure", type_=JSONB))
 
     @classmethod
     def insert(cls, session, key, request, customer_id, requested):
@@ -111,37 +137,34 @@ class NewOrder:
             "idempotency_key": key,
             "request_fingerprint": request,
         }
-        known = exists().where(KnownCustomer.id == customer_id).label("known")
-        row = session.connection().execute(cls.INSERT.values(**values).returning(known)).one()
+        row = (
+            session.connection()
+            .execute(cls.INSERT, {**values, "known_customer_id": customer_id})
+            .one()
+        )
         order = cls(id=row.id, created_at=row.created_at, updated_at=row.updated_at, **values)
         return order, row.known
 
     def record(self, session):
-        """Write what :func:`orders.flow.advance` decided: its lines, then its status,
-        total and failure (``updated_at`` as the database sets it)."""
-        connection = session.connection()  # Core statements: no ORM execution around them
-        if self.lines:
-            connection.execute(
-                insert(ORDER_LINES_TABLE),
-                [
-                    {
-                        "order_id": self.id,
-                        "product_id": line.product_id,
-                        "product_name": line.product_name,
-                        "quantity": line.quantity,
-                        "unit_price": line.unit_price,
-                    }
-                    for line in self.lines
-                ],
+        """Write what :func:`orders.flow.advance` decided, in one statement: its lines, its
+        status, total and failure (``updated_at`` as the database sets it)."""
+        self.updated_at = (
+            session.connection()  # a Core statement: no ORM execution around it
+            .execute(
+                self.RECORD,
+                {
+                    "order_id": self.id,
+                    "status": self.status,
+                    "total": self.total,
+                    "failure": self.failure,
+                    "product_ids": [line.product_id for line in self.lines],
+                    "product_names": [line.product_name for line in self.lines],
+                    "quantities": [line.quantity for line in self.lines],
+                    "unit_prices": [line.unit_price for line in self.lines],
+                },
             )
-        self.updated_at = connection.execute(
-            update(ORDERS_TABLE)
-            .where(ORDERS_TABLE.c.id == self.id)
-            .values(
-                status=self.status, total=self.total, failure=self.failure, updated_at=func.now()
-            )
-            .returning(ORDERS_TABLE.c.updated_at)
-        ).scalar_one()
+            .scalar_one()
+        )
 
 
 class OrdersService(ShopService):
@@ -170,7 +193,7 @@ class OrdersService(ShopService):
         request differs. Without a key each call is a new order.
         """
         key = checked_key(idempotency_key)
-        data = load(CreateOrderSchema(), payload)
+        data = load(create_order_schema, payload)
         quantities = quantities_by_product(data["requested"])
         # "products": the body's field name, as the fingerprints already stored were made
         request = fingerprint({"customer_id": data["customer_id"], "products": quantities})

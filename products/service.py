@@ -38,7 +38,11 @@ from products.schemas import (
 
 log = logging.getLogger(__name__)
 
+# Schemas are built once: a marshmallow Schema() deep-copies its declared fields, which was
+# a tenth of a reservation's CPU when done per call (docs/BENCHMARKS.md, issue 14).
 product_schema = ProductSchema()
+create_product_schema = CreateProductSchema()
+reserve_stock_schema = ReserveStockSchema()
 reservation_schema = ReservationSchema()
 
 
@@ -60,7 +64,7 @@ class ProductsService(ShopService):
         returns the product the first call created.
         """
         key = checked_key(idempotency_key)
-        data = load(CreateProductSchema(), payload)
+        data = load(create_product_schema, payload)
         request = fingerprint(data)
         with database_errors_as_unavailable():
             try:
@@ -133,7 +137,7 @@ class ProductsService(ShopService):
         """
         if requested is None:
             requested = items
-        request = load(ReserveStockSchema(), {"order_ref": order_ref, "requested": requested})
+        request = load(reserve_stock_schema, {"order_ref": order_ref, "requested": requested})
         quantities = quantities_by_product(request["requested"])
         with database_errors_as_unavailable():
             hold = stock.with_hold_retry(
