@@ -22,7 +22,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PACKAGE = ("settings", "cpu", "wrk", "data", "scenarios", "report", "run")
+PACKAGE = ("settings", "cpu", "wrk", "data", "scenarios", "report", "run", "summary")
 STANDALONE = ("scaling", "profile", "side_by_side", "reconciler", "otlp_sink")
 failures = []
 
@@ -221,6 +221,8 @@ def main():
     )
     check("cpu: this process is the bench", snapshot["pids"][os.getpid()][0] == "bench")
 
+    check_summary()
+
     help_run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--help"],
         cwd=ROOT,
@@ -232,6 +234,41 @@ def main():
 
     print(f"\nbench self-check: {len(failures)} failed" + (f": {failures}" if failures else ""))
     return 1 if failures else 0
+
+
+def check_summary():
+    """bench/summary.py on three made-up runs: medians, not means, and the sums."""
+    import json
+    import tempfile
+
+    from bench import summary
+
+    paths = []
+    with tempfile.TemporaryDirectory() as folder:
+        for n, (ping, order) in enumerate([(1.0, 4.0), (2.0, 5.0), (9.0, 30.0)]):
+            rows = [
+                {
+                    "key": key,
+                    "label": key,
+                    "rps": rps,
+                    "raw": {"requests": 1000, "cpu": {"components": {"gateway": cpu}}},
+                }
+                for key, rps, cpu in (("ceiling", 100.0 * (n + 1), ping), ("orders", 30.0, order))
+            ]
+            path = os.path.join(folder, f"run-{n}.json")
+            with open(path, "w") as stream:
+                json.dump({"rows": rows}, stream)
+            paths.append(path)
+        table = summary.summary(paths).splitlines()
+    check(
+        "summary: medians of req/s, ratio and CPU, the range of the sums",
+        len(table) == 4
+        and table[2].startswith("| ceiling | 3 | 200.0 | 1.00 | 2.00 /")
+        and "**2.00** (1.00-9.00)" in table[2]
+        and table[3].startswith("| orders | 3 | 30.0 | 0.15 | 5.00 /")
+        and "**5.00** (4.00-30.00)" in table[3],
+        "\n" + "\n".join(table),
+    )
 
 
 if __name__ == "__main__":
