@@ -125,12 +125,9 @@ def _setting_key(node, constants):
     return key if key in Settings.keys() else None
 
 
-def _fallback_reads(path):
-    """``(key, line)`` of each setting read with a default of its own in ``path``:
-    ``config.get("KEY", default)`` or ``config.get("KEY") or default``."""
-    with open(path) as source:
-        tree = ast.parse(source.read(), path)
-    constants = {  # NAME = "KEY" at module level
+def _module_constants(tree):
+    """``{NAME: "KEY"}`` of a module's top-level string constants (``NAME = "KEY"``)."""
+    return {
         target.id: node.value.value
         for node in tree.body
         if isinstance(node, ast.Assign)
@@ -139,6 +136,14 @@ def _fallback_reads(path):
         for target in node.targets
         if isinstance(target, ast.Name)
     }
+
+
+def _fallback_reads(path):
+    """``(key, line)`` of each setting read with a default of its own in ``path``:
+    ``config.get("KEY", default)`` or ``config.get("KEY") or default``."""
+    with open(path) as source:
+        tree = ast.parse(source.read(), path)
+    constants = _module_constants(tree)
 
     def is_config_get(call):
         return (
@@ -202,15 +207,7 @@ def _direct_reads(path):
     config.yml's, may be read as they are)."""
     with open(path) as source:
         tree = ast.parse(source.read(), path)
-    constants = {
-        target.id: node.value.value
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.Constant)
-        and isinstance(node.value.value, str)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
+    constants = _module_constants(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
