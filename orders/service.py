@@ -73,7 +73,6 @@ def remember(session, customer_id):
 
 
 ORDERS_TABLE = cast(Table, Order.__table__)
-ORDER_LINES_TABLE = cast(Table, OrderLine.__table__)
 
 
 @dataclass

@@ -70,6 +70,8 @@ def lock_stock_rows(session, product_ids):
 
 
 def lock_hold(session, order_ref):
+    """The hold of ``order_ref`` locked FOR UPDATE, or None, in one round trip: for
+    :func:`release`, which expects a hold (a reservation expects none: :func:`locked_hold`)."""
     return session.get(OrderHold, order_ref, with_for_update=True, populate_existing=True)
 
 
