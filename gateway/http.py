@@ -237,6 +237,13 @@ class JsonWebServer(WebServer):
         raw = settings_of(self.container.config).web_server_address or "0.0.0.0:8000"
         return [parse_address(address.strip()) for address in raw.split(",") if address.strip()]
 
+    @property
+    def bind_addr(self) -> BindAddress:
+        """The first address. Not called by our ``start``, but nameko reads every attribute
+        of an extension when it binds it (``inspect.getmembers``), and upstream's
+        ``bind_addr`` cannot parse a list of addresses."""
+        return self.bind_addrs[0]
+
     def accept_from(self, sock):
         """nameko's ``WebServer.run`` for one listening socket of several."""
         while self._is_accepting:
