@@ -47,6 +47,7 @@ class Reason(StrEnum):
     DATABASE = "database"  # the service's own database failed
     JWKS = "jwks"  # the identity provider's keys could not be fetched
     SHUTTING_DOWN = "shutting_down"  # the gateway is draining (it is stopping)
+    OVERLOADED = "overloaded"  # the gateway shed the request (gateway/admission.py)
 
 
 class ShopError(Exception):
@@ -55,6 +56,9 @@ class ShopError(Exception):
     status = 500
     error = "internal_error"
     description = "The server could not complete the request."
+    # HTTP headers the gateway answers this error with (WWW-Authenticate, Retry-After...);
+    # they do not travel over RPC
+    headers: dict[str, str] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

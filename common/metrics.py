@@ -25,6 +25,10 @@ line carries):
 * ``shop_rpc_client_calls_total{service,target,method,outcome}`` and
   ``shop_rpc_client_duration_seconds{service,target,method}``: every RPC a process makes
   (``outcome`` ``service_unavailable`` is a 503, ``timeout`` a 504);
+* ``shop_rpc_expired_total{service,method}``: requests a service dropped before any work
+  because their deadline had passed (:mod:`common.deadline`);
+* ``shop_admission_in_flight{lane}`` and ``shop_admission_shed_total{lane}``: a gateway's
+  requests in flight and shed, ``lane`` ``reads`` or ``writes`` (:mod:`gateway.admission`);
 * ``shop_http_responses_total{route,status}``: every answer of a gateway, including those
   no worker made (404 routing, 401, 413, 499...);
 * ``shop_db_pool_connections{service,state}`` (``checked_out``, ``size``) and
@@ -103,6 +107,17 @@ RPC_CLIENT_DURATION = Histogram(
     "Time an RPC made by this process took, bounded.",
     ["service", "target", "method"],
     buckets=LATENCY_BUCKETS,
+)
+RPC_EXPIRED = Counter(
+    "shop_rpc_expired",
+    "RPC requests dropped unstarted: their deadline had passed (common/deadline.py).",
+    ["service", "method"],
+)
+ADMISSION_IN_FLIGHT = Gauge(
+    "shop_admission_in_flight", "Requests a gateway is working on, by lane.", ["lane"]
+)
+ADMISSION_SHED = Counter(
+    "shop_admission_shed", "Requests a gateway shed (503 overloaded), by lane.", ["lane"]
 )
 HTTP_RESPONSES = Counter(
     "shop_http_responses",

@@ -70,8 +70,9 @@ from nameko.rpc import (
 )
 
 from common.broker import BrokerWatch
+from common.deadline import DEADLINE_KEY, call_timeout, expired
 from common.errors import ExcInfo, GatewayTimeout, Reason, ServiceUnavailable, ShopError
-from common.metrics import observe_rpc_call
+from common.metrics import RPC_EXPIRED, child, observe_rpc_call
 from common.settings import settings_of
 from common.tracing import client_span, mark_outcome, provider_for
 
@@ -177,7 +178,28 @@ class RpcConsumer(NamekoRpcConsumer):
 
 
 class Rpc(NamekoRpc):
+    """nameko's ``@rpc`` entrypoint, answering through :class:`Responder`, that drops a
+    request whose deadline (:mod:`common.deadline`) has passed before it takes a worker:
+    its caller has stopped waiting, so any work done for it would be wasted (and, under
+    overload, taken from requests that can still be answered in time). The request is
+    answered with a :class:`GatewayTimeout` (its caller may still be listening if its
+    clock runs behind) and acked; ``shop_rpc_expired_total`` counts it. Nothing the
+    method would have done happens: a client retry (idempotent) does it."""
+
     rpc_consumer = RpcConsumer()
+
+    def handle_message(self, body: Any, message: Any) -> None:
+        late = expired({DEADLINE_KEY: message.headers.get(f"{self.header_prefix}.{DEADLINE_KEY}")})
+        if late is None:
+            super().handle_message(body, message)
+            return
+        child(RPC_EXPIRED, self.container.service_name, self.method_name).inc()
+        error = GatewayTimeout(
+            f"{self.container.service_name}.{self.method_name} was not started: its deadline "
+            f"had passed {late:.3f}s before a worker could take it",
+            {"service": self.container.service_name, "late_seconds": round(late, 3)},
+        )
+        self.rpc_consumer.handle_result(message, None, (GatewayTimeout, error, None))
 
 
 def rpc(fn: F) -> F:
@@ -267,16 +289,26 @@ class BoundedMethodProxy(MethodProxy):
                 )
 
     def get_message_headers(self, worker_ctx: Any) -> dict[str, Any]:
-        """nameko's headers (the caller's context data), this call's span as the parent."""
+        """nameko's headers (the caller's context data), this call's span as the parent,
+        and this call's deadline (:mod:`common.deadline`)."""
         headers = super().get_message_headers(worker_ctx)
         for key, value in getattr(self, "trace_headers", {}).items():
             headers[self._get_header_name(key)] = value
+        call_ends = getattr(self, "call_ends", None)
+        if call_ends is not None:
+            headers[self._get_header_name(DEADLINE_KEY)] = call_ends
         return headers
 
     def _bounded_call(self, *args, **kwargs):
         if self.broker_watch is not None and self.broker_watch.blocked:
             raise broker_blocked_error(self.service_name, self.broker_watch)
-        deadline = eventlet.Timeout(self.timeout)
+        # The call's own bound, or less: what is left of the request's (common.deadline)
+        timeout = call_timeout(self.worker_ctx.data, self.timeout)
+        self.call_ends = time.time() + timeout
+        if timeout <= 0:  # nothing left: the callee would drop it, do not even send it
+            raise self._timed_out(0.0)
+        self.publisher.expiration = timeout  # RabbitMQ drops it once nobody waits for it
+        deadline = eventlet.Timeout(timeout)
         publishing = None
         try:
             publishing = eventlet.spawn(self._call, *args, **kwargs)
@@ -289,10 +321,7 @@ class BoundedMethodProxy(MethodProxy):
                 publishing.link(self._forget_when_published)
             if self.broker_watch is not None and self.broker_watch.blocked:
                 raise broker_blocked_error(self.service_name, self.broker_watch) from None
-            raise GatewayTimeout(
-                f"{self.service_name}.{self.method_name} did not answer within {self.timeout:g}s",
-                {"service": self.service_name, "timeout_seconds": self.timeout},
-            ) from None
+            raise self._timed_out(timeout) from None
         except RemoteError as exc:
             if exc.exc_type not in TRANSPORT_FAILURES:
                 raise
@@ -320,6 +349,15 @@ class BoundedMethodProxy(MethodProxy):
             ) from exc
         finally:
             deadline.cancel()
+
+    def _timed_out(self, waited: float) -> GatewayTimeout:
+        """The 504 of a call that got no reply after ``waited`` seconds (its own bound,
+        or what was left of its request's deadline: 0 when nothing was)."""
+        return GatewayTimeout(
+            f"{self.service_name}.{self.method_name} did not answer within {waited:.3g}s"
+            + ("" if waited >= self.timeout else " (what was left of the request's deadline)"),
+            {"service": self.service_name, "timeout_seconds": round(waited, 3)},
+        )
 
     def _forget_when_published(self, publishing):
         """Drop the reply slot of a timed-out call so late replies do not pile up."""

@@ -199,6 +199,11 @@ class Settings:
     http_idle_timeout: float = setting("HTTP_IDLE_TIMEOUT", timeout, 10.0)
     http_max_body_bytes: int = setting("HTTP_MAX_BODY_BYTES", count, 64 * 1024)
     ready_timeout: float = setting("READY_TIMEOUT", timeout, 2.0)
+    # -- admission control (gateway/admission.py) --
+    admission_reads: int = setting("ADMISSION_READS", count, 10)
+    admission_writes: int = setting("ADMISSION_WRITES", count, 10)
+    admission_queue_seconds: float = setting("ADMISSION_QUEUE_SECONDS", timeout, 1.0)
+    admission_max_waiting: int = setting("ADMISSION_MAX_WAITING", count, 1000)
     # -- auth (gateway/auth.py, gateway/authz.py) --
     auth_mode: str = setting("AUTH_MODE", one_of("", *AUTH_MODES), "")
     api_tokens: tuple = setting("API_TOKENS", comma_list, ())

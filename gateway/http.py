@@ -48,6 +48,7 @@ from nameko.web.server import BindAddress, WebServer, WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from common.deadline import DEADLINE_KEY, from_arrival
 from common.errors import BadRequest, InternalError, Reason, ServiceUnavailable, ShopError
 from common.logs import REQUEST_ID_KEY
 from common.metrics import HTTP_RESPONSES, child
@@ -55,6 +56,7 @@ from common.rpc import longest_call_bound
 from common.settings import settings_of
 from common.tracing import TRACE_HEADERS
 from gateway import authz
+from gateway.admission import Admission
 from gateway.auth import authorize
 from gateway.exceptions import (
     ClientClosedRequest,
@@ -76,6 +78,7 @@ REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")  # fullmatch: no trailing
 DRAIN_IDLE_GRACE = 1.0  # seconds an open keep-alive connection gets to send one more request
 MAX_TRACE_HEADER_CHARS = 512  # a longer traceparent/tracestate is ignored, not forwarded
 BODY_KEY = "shop.body"
+DEADLINE_ENV_KEY = "shop.deadline"  # in the WSGI environ: the request's deadline
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -333,6 +336,8 @@ class JsonWebServer(WebServer):
         """The request id travels to every service in Nameko's context data, and so does
         the client's W3C ``traceparent``/``tracestate`` (its trace is continued)."""
         data = {REQUEST_ID_KEY: request_id_of(request)}
+        if DEADLINE_ENV_KEY in request.environ:  # see JsonHttpEntrypoint.handle_request
+            data[DEADLINE_KEY] = request.environ[DEADLINE_ENV_KEY]
         for header in TRACE_HEADERS:
             value = request.headers.get(header)
             if value and len(value) <= MAX_TRACE_HEADER_CHARS:
@@ -367,17 +372,26 @@ class JsonHttpEntrypoint(HttpRequestHandler):
     """``@http`` whose errors are JSON envelopes, with a request id and optional auth.
 
     ShopErrors are expected outcomes; so are RemoteErrors (a bug in a service, already
-    logged with its traceback there: logged once, where it happened)."""
+    logged with its traceback there: logged once, where it happened).
+
+    ``calls`` names the service the route calls: the route's bound is that service's
+    call bound (``RPC_TIMEOUTS``/``RPC_TIMEOUT``) counted from the request's arrival
+    (:mod:`common.deadline`), and the route goes through admission control
+    (:mod:`gateway.admission`). A route that calls nothing bounded by it has none."""
 
     server = JsonWebServer()
+    admission = Admission()
 
-    def __init__(self, method, url, **kwargs):
+    def __init__(self, method, url, calls=None, **kwargs):
         kwargs.setdefault("expected_exceptions", (ShopError, RemoteError))
+        self.calls = calls
         super().__init__(method, url, **kwargs)
 
     def handle_request(self, request):
         """Authorize, receive the whole body, and only then take a worker: a client that
-        sends slowly holds its own connection, never a worker slot."""
+        sends slowly holds its own connection, never a worker slot. The request arrives
+        then: its deadline is set (``calls``), and it waits for a slot of its lane
+        (:mod:`gateway.admission`) before it takes a worker, or is shed."""
         config = self.container.config
         try:
             settings = authz.gate(config)
@@ -399,9 +413,21 @@ class JsonHttpEntrypoint(HttpRequestHandler):
             if client_is_gone(request.environ.get(CLIENT_SOCKET_KEY)):
                 response = error_response(ClientClosedRequest())  # skip the work: nobody waits
             else:
-                response = super().handle_request(request)
+                response = self._admitted(request)
         response.headers[REQUEST_ID_HEADER] = request_id_of(request)
         return response
+
+    def _admitted(self, request):
+        """Nameko's handling (a worker, the route's method), within the route's lane."""
+        if self.calls is None:
+            return super().handle_request(request)
+        bound = settings_of(self.container.config).call_bound(self.calls)
+        deadline = request.environ[DEADLINE_ENV_KEY] = from_arrival(time.time(), bound)
+        try:
+            with self.admission.lane_for(request.method).admitted(deadline):
+                return super().handle_request(request)
+        except ServiceUnavailable as exc:  # shed: no worker was taken
+            return error_response(exc)
 
     def stop(self):
         """Drain the server before this route stops (see the module docstring)."""

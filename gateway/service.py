@@ -67,55 +67,55 @@ class GatewayService:
         body = {"status": "ready" if ready else "not_ready", "checks": checks}
         return json_response(body, 200 if ready else 503)
 
-    @http("GET", "/api/ping")
+    @http("GET", "/api/ping", calls="products")
     def ping(self, request):
         """One RPC round trip (``products.ping``): the cost floor of every route."""
         return json_response({"status": "ok", "products": self.products.ping()})
 
-    @http("POST", "/api/customers")
+    @http("POST", "/api/customers", calls="customers")
     def create_customer(self, request):
         customer = self.customers.create_customer(self._body(request), self._key(request))
         return self._created(customer, f"/api/customers/{customer['id']}")
 
-    @http("GET", "/api/customers")
+    @http("GET", "/api/customers", calls="customers")
     def list_customers(self, request):
         return self._page(request, self.customers.list_customers)
 
-    @http("GET", "/api/customers/<int:customer_id>")
+    @http("GET", "/api/customers/<int:customer_id>", calls="customers")
     def get_customer(self, request, customer_id):
         return json_response(self.customers.get_customer(customer_id))
 
-    @http("POST", "/api/products")
+    @http("POST", "/api/products", calls="products")
     def create_product(self, request):
         product = self.products.create_product(self._body(request), self._key(request))
         return self._created(product, f"/api/products/{product['id']}")
 
-    @http("GET", "/api/products")
+    @http("GET", "/api/products", calls="products")
     def list_products(self, request):
         return self._page(request, self.products.list_products)
 
-    @http("GET", "/api/products/<int:product_id>")
+    @http("GET", "/api/products/<int:product_id>", calls="products")
     def get_product(self, request, product_id):
         return json_response(self.products.get_product(product_id))
 
-    @http("POST", "/api/orders")
+    @http("POST", "/api/orders", calls="orders")
     def create_order(self, request):
         order = self.orders.create_order(self._body(request), self._key(request))
         return self._created(order, f"/api/orders/{order['id']}")
 
-    @http("GET", "/api/orders/<int:order_id>")
+    @http("GET", "/api/orders/<int:order_id>", calls="orders")
     def get_order(self, request, order_id):
         order = self.orders.get_order(order_id)
         authz.check_order(request, order)  # a customer's token: its own orders only (404)
         return json_response(order)
 
-    @http("POST", "/api/orders/<int:order_id>/cancel")
+    @http("POST", "/api/orders/<int:order_id>/cancel", calls="orders")
     def cancel_order(self, request, order_id):
         if request.environ.get(authz.PRINCIPAL_KEY) is not None:
             authz.check_order(request, self.orders.get_order(order_id))
         return json_response(self.orders.cancel_order(order_id))
 
-    @http("GET", "/api/customers/<int:customer_id>/orders")
+    @http("GET", "/api/customers/<int:customer_id>/orders", calls="orders")
     def list_customer_orders(self, request, customer_id):
         return self._page(request, partial(self.orders.list_orders, customer_id))
 

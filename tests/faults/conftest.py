@@ -71,6 +71,7 @@ class OrderLoad:
         self.connection_failures = []  # "refused", "timeout" or "aborted", per failed attempt
         self.attempts = []  # (status or None, seconds) of every attempt, retries included
         self.aborted = []  # the exceptions of the attempts whose connection broke
+        self.unavailable = []  # (seconds, Retry-After, details.reason) of every 503
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency * 2))
         self._round_robin = itertools.cycle(urls)
@@ -87,6 +88,14 @@ class OrderLoad:
                 timeout=20,
             )
             answer = (response.status_code, response.json())
+            if response.status_code == 503:
+                self.unavailable.append(
+                    (
+                        time.monotonic() - started,
+                        response.headers.get("Retry-After"),
+                        answer[1]["details"].get("reason"),
+                    )
+                )
         except requests.RequestException as exc:
             answer = (None, None)
             self.connection_failures.append(connection_failure_kind(exc))

@@ -1,0 +1,114 @@
+"""Overload (issue 22): 16x the connections the shop serves at 1x, against the bounds.
+
+Before admission control, every request waited for a gateway worker however many were
+ahead of it: at 16x, orders were answered after 15 s and a product read (bound: 5 s)
+after as long. Now each gateway works on at most ``ADMISSION_WRITES`` orders at once;
+the others wait at most ``ADMISSION_QUEUE_SECONDS`` and are shed with an early 503
+(``reason: overloaded``, ``Retry-After``), and reads have a lane of their own.
+
+The load: ``CLIENTS`` (16 x 12) keyed clients placing orders back to back on three
+gateway processes, with a reader fetching a product and ``/health`` alongside. Checked:
+every order answer within its bound counted from when it was sent, every 503 early and
+saying why, every read a 200 within the read bound, then the books after settling (each
+shed order re-sent with its key until it has a definite answer)."""
+
+import time
+
+import eventlet
+import pytest
+import requests
+
+from tests.faults.conftest import FAST_RECOVERY, OrderLoad
+
+BASE_CLIENTS = 12
+CLIENTS = 16 * BASE_CLIENTS
+ORDERS = 2500
+STOCK = 10_000
+QUEUE_SECONDS = 1.0
+# A client's measure includes its own green-thread scheduling under 200 clients: slack.
+CLIENT_SLACK = 1.0
+ORDER_BOUND = FAST_RECOVERY["ORDERS_RPC_TIMEOUT"]
+READ_BOUND = FAST_RECOVERY["RPC_TIMEOUT"]
+
+
+@pytest.fixture
+def shop(stack):
+    """A customer and three products with stock for the whole load."""
+    api = stack.urls[0]
+    customer = requests.post(
+        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}, timeout=10
+    ).json()
+    stock_added = {}
+    for n in range(3):
+        product = requests.post(
+            f"{api}/api/products",
+            json={"name": f"p{n}", "price": "1.25", "stock": STOCK},
+            timeout=10,
+        ).json()
+        stock_added[product["id"]] = STOCK
+    return customer["id"], stock_added
+
+
+@pytest.fixture
+def load(stack, shop):
+    customer_id, stock_added = shop
+    return OrderLoad(
+        stack.urls, customer_id, sorted(stock_added), count=ORDERS, concurrency=CLIENTS, pace=0
+    )
+
+
+class Reader:
+    """GET a product and /health every 0.2 s until stopped; records (what, status, s)."""
+
+    def __init__(self, url, product_id):
+        self.url, self.product_id = url, product_id
+        self.reads = []
+        self.stopped = False
+        self.http = requests.Session()
+
+    def run(self):
+        while not self.stopped:
+            for what, path in (
+                ("product", f"/api/products/{self.product_id}"),
+                ("health", "/health"),
+            ):
+                started = time.monotonic()
+                try:
+                    status = self.http.get(f"{self.url}{path}", timeout=30).status_code
+                except requests.RequestException:
+                    status = None
+                self.reads.append((what, status, time.monotonic() - started))
+            eventlet.sleep(0.2)
+
+
+def test_16x_overload_sheds_early_and_keeps_every_bound(stack, shop, load, check_books):
+    _, stock_added = shop
+    reader = Reader(stack.urls[1], min(stock_added))
+    reading = eventlet.spawn(reader.run)
+    started = time.monotonic()
+    load.start()
+    load.wait()
+    seconds = time.monotonic() - started
+    reader.stopped = True
+    reading.wait()
+
+    statuses = [status for status, _ in load.attempts]
+    served = [s for status, s in load.attempts if status == 201]
+    print(
+        f"\n{CLIENTS} clients: {len(served)} orders in {seconds:.1f} s "
+        f"({len(served) / seconds:.0f}/s), {statuses.count(503)} shed, "
+        f"p99 of admitted {sorted(served)[int(len(served) * 0.99)]:.2f} s, "
+        f"reads {len(reader.reads)}, slowest {max(s for *_, s in reader.reads):.2f} s"
+    )
+    assert set(statuses) <= {201, 503}, set(statuses)  # no 504: nothing waited out its bound
+    assert statuses.count(503) > 0, "the load never exceeded what the shop serves"
+    assert max(served) < ORDER_BOUND + CLIENT_SLACK
+    for waited, retry_after, reason in load.unavailable:
+        assert (reason, retry_after) == ("overloaded", "1")
+        assert waited < QUEUE_SECONDS + CLIENT_SLACK
+    assert {status for _, status, _ in reader.reads} == {200}
+    assert max(s for what, _, s in reader.reads if what == "product") < READ_BOUND
+    assert max(s for what, _, s in reader.reads if what == "health") < 1.0
+
+    load.settle()
+    check_books()
