@@ -187,6 +187,15 @@ class ShopDatabaseWrapper(DatabaseWrapper):
         with database_errors_as_unavailable(), autocommit_session(self.engine) as session:
             yield session
 
+    @contextmanager
+    def single_statements(self) -> Iterator[Session]:
+        """A session on an autocommit connection of the primary for writes that are one
+        statement each (a server-side function that locks, decides and writes:
+        :mod:`products.stock`): every statement is its own transaction, one round trip,
+        and no lock outlives it. Errors as :meth:`reading`; an IntegrityError passes."""
+        with self.reading() as session:
+            yield session
+
     def read(self, query: Callable[[Session], T], complete: Callable[[T], bool] = always) -> T:
         """``query(session)``'s result, for a read that may be stale by the read
         replica's lag: on the replica when one is configured and answering, falling

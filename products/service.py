@@ -28,7 +28,7 @@ from common.ticks import retried_at_next_tick
 from common.timer import config_timer
 from products import reconcile, stock
 from products.exceptions import ProductNotFound
-from products.models import Base, OrderHold, Product
+from products.models import Base, Product
 from products.schemas import (
     CreateProductSchema,
     ProductSchema,
@@ -141,7 +141,7 @@ class ProductsService(ShopService):
         quantities = quantities_by_product(request["requested"])
         with database_errors_as_unavailable():
             hold = stock.with_hold_retry(
-                self.db.get_session, stock.reserve, request["order_ref"], quantities
+                self.db.single_statements, stock.reserve, request["order_ref"], quantities
             )
             return reservation_schema.dump(hold)
 
@@ -154,7 +154,7 @@ class ProductsService(ShopService):
         Idempotent: releasing twice returns the stock once.
         """
         with database_errors_as_unavailable():
-            hold = stock.with_hold_retry(self.db.get_session, stock.release, str(order_ref))
+            hold = stock.with_hold_retry(self.db.single_statements, stock.release, str(order_ref))
             return reservation_schema.dump(hold)
 
     @rpc
@@ -162,16 +162,8 @@ class ProductsService(ShopService):
         """The hold of ``order_ref`` (as ``reserve_stock`` returns it), or ``None`` if it
         never reserved nor was released. Read-only."""
         with self.db.reading() as session:  # no transaction outlives the worker
-            hold = session.get(OrderHold, str(order_ref))
-            if hold is None:
-                return None
-            products = {
-                p.id: p
-                for p in session.scalars(
-                    select(Product).where(Product.id.in_([line.product_id for line in hold.lines]))
-                )
-            }
-            return reservation_schema.dump(stock.describe(hold, products))
+            hold = stock.hold_of(session, str(order_ref))
+        return None if hold is None else reservation_schema.dump(hold)
 
     @config_timer("HOLD_CHECK_INTERVAL")
     @retried_at_next_tick(log, "hold reconciliation")

@@ -1,223 +1,151 @@
-"""The stock guarantee: every change of ``products.stock`` happens here, in one transaction,
-under the rows' locks.
+"""The stock guarantee: every change of ``products.stock`` happens here, each in one
+statement: a server-side function (migration 0003) that locks, decides and writes, so no
+row lock is ever held across a round trip to a client.
 
-Locking discipline (the same in every function, so two transactions can never wait on each
-other in a cycle): product rows are locked with ``SELECT ... FOR UPDATE ORDER BY id``
+Before, a reservation took its locks in one round trip, decided in Python and wrote in a
+third: a products process cut off from PostgreSQL between them (a partition) left the hot
+rows locked until ``idle_in_transaction_session_timeout``, and every order on those
+products waited behind it (docs/ARCHITECTURE.md, "Partitions"). Now the database holds a
+lock only while the function runs, whatever happens to the client.
+
+Locking discipline (the same in both functions, so two transactions can never wait on
+each other in a cycle): product rows are locked with ``SELECT ... FOR UPDATE ORDER BY id``
 first, then the order's hold. PostgreSQL applies the lock after the sort, so rows are
 locked in ascending id order: crossed orders ([a, b] and [b, a]) queue up instead of
-deadlocking. Any number of service processes can run these functions concurrently: the
-database, not the process, serializes them. The reconciler (:mod:`products.reconcile`)
-locks holds only, ``SKIP LOCKED``, so it never waits on a lock; it releases a hold with
-:func:`release`, in a transaction of its own, after its batch's hold locks are gone.
+deadlocking. Any number of service processes can run them concurrently: the database,
+not the process, serializes them. The reconciler (:mod:`products.reconcile`) locks holds
+only, ``SKIP LOCKED``, so it never waits on a lock; it releases a hold with
+:func:`release` after its batch's hold locks are gone.
 
-Idempotency: one :class:`OrderHold` per ``order_ref`` (primary key). It is read *after*
-the product locks are taken, so a redelivered or concurrent replay of the same order sees
-the first one's committed hold and never decrements twice. :func:`release` leaves a
-``released`` hold behind, even for an order that reserved nothing (a fence): a reservation
-for that order arriving later (a stale message, a slow retry) changes nothing.
+Idempotency: one hold (``order_holds``) per ``order_ref`` (primary key). It is read
+*after* the product locks are taken, so a redelivered or concurrent replay of the same
+order sees the first one's committed hold and never decrements twice. :func:`release`
+leaves a ``released`` hold behind, even for an order that reserved nothing (a fence): a
+reservation for that order arriving later (a stale message, a slow retry) changes nothing.
 
-Two transactions creating the same hold at once (a reserve racing a release of the same
-order) collide on the primary key; the loser raises IntegrityError and is retried by the
-caller (:func:`with_hold_retry`), after which it sees the winner's hold.
+Two calls creating the same hold at once (a reserve racing a release of the same order)
+collide on the primary key; the loser raises IntegrityError, changes nothing, and is
+retried by the caller (:func:`with_hold_retry`), after which it sees the winner's hold.
+
+Each function is called on an autocommit connection (``db.single_statements()``): the
+call is its own transaction, one round trip.
 """
 
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from common.metrics import STOCK_UNITS_RELEASED, STOCK_UNITS_RESERVED, count_on_commit
+from common.metrics import STOCK_UNITS_RELEASED, STOCK_UNITS_RESERVED
 from products.exceptions import InsufficientStock, OrderTotalTooLarge, ProductNotFound
-from products.models import HoldStatus, OrderHold, Product, Reservation
 
 # The largest total an order can record: orders.total is NUMERIC(14, 2).
 MAX_ORDER_TOTAL = Decimal("999999999999.99")
 
 
-def locking(*columns):
-    """``SELECT columns`` of the products ``:product_ids`` ``FOR UPDATE``, in id order: the
-    one place the lock order of the module docstring is written. Built once per use site
-    (building a statement per call was a tenth of a reservation's Python)."""
-    return (
-        select(*columns)
-        .where(Product.id.in_(bindparam("product_ids", expanding=True)))
-        .order_by(Product.id)
-        .with_for_update()
-    )
-
-
-LOCK_PRODUCTS = locking(Product)
-LOCK_STOCK_ROWS = locking(Product.id, Product.name, Product.price, Product.stock)
-# The hold's row lock alone, read as a plain row: the common reservation has no hold yet
-LOCK_HOLD_ROW = (
-    select(OrderHold.status).where(OrderHold.order_ref == bindparam("order_ref")).with_for_update()
+RESERVE = text(
+    "SELECT shop_reserve_stock(:order_ref, CAST(:product_ids AS integer[]), "
+    "CAST(:quantities AS integer[]), :max_total)"
+)
+RELEASE = text("SELECT shop_release_stock(:order_ref)")
+HOLD = text(
+    "SELECT status, shop_hold_lines(order_ref) AS lines FROM order_holds WHERE order_ref = :order_ref"
 )
 
 
-def lock_products(session, product_ids):
-    """``{id: Product}`` for ``product_ids``, each row locked FOR UPDATE, in id order."""
-    products = session.scalars(LOCK_PRODUCTS, {"product_ids": sorted(set(product_ids))})
-    return {product.id: product for product in products}
+@dataclass(frozen=True)
+class Outcome:
+    """What :func:`reserve` or :func:`release` did: the hold in its wire form, and the
+    units of stock it moved (counted once committed: :func:`with_hold_retry`)."""
+
+    hold: dict
+    units: int
+    counter: Any
 
 
-def lock_stock_rows(session, product_ids):
-    """:func:`lock_products` as plain rows (id, name, price, stock): the reservation only
-    reads them, and skipping the ORM objects saves most of the Python around the lock."""
-    rows = session.connection().execute(  # Core: no ORM execution around the statement
-        LOCK_STOCK_ROWS, {"product_ids": sorted(set(product_ids))}
-    )
-    return {row.id: row for row in rows}
-
-
-def lock_hold(session, order_ref):
-    """The hold of ``order_ref`` locked FOR UPDATE, or None, in one round trip: for
-    :func:`release`, which expects a hold (a reservation expects none: :func:`locked_hold`)."""
-    return session.get(OrderHold, order_ref, with_for_update=True, populate_existing=True)
-
-
-def locked_hold(session, order_ref):
-    """The hold of ``order_ref`` locked FOR UPDATE, or None: the lock taken by a Core
-    statement, and the ORM object (with its lines) loaded only when there is a hold."""
-    row = session.connection().execute(LOCK_HOLD_ROW, {"order_ref": order_ref}).first()
-    if row is None:
-        return None
-    return session.get(OrderHold, order_ref, populate_existing=True)  # locked above
-
-
-def describe(hold, products):
-    """The wire form of ``hold``: ``{"order_ref", "status", "lines": [...]}``."""
-    lines = [
-        {"product_id": line.product_id, "quantity": line.quantity, "unit_price": line.unit_price}
-        for line in hold.lines
-    ]
-    return wire_form(hold.order_ref, hold.status, lines, products)
-
-
-def wire_form(order_ref, status, lines, products):
+def wire_form(order_ref, status, lines):
     """``{"order_ref", "status", "lines": [{"product_id", "name", "quantity",
-    "unit_price"}]}``; a line's name is None if its product is not in ``products``."""
+    "unit_price"}]}`` from a function's lines (unit prices as exact decimals)."""
     return {
         "order_ref": order_ref,
         "status": status,
-        "lines": [
-            {
-                **line,
-                "name": products[line["product_id"]].name
-                if line["product_id"] in products
-                else None,
-            }
-            for line in lines
-        ],
+        "lines": [{**line, "unit_price": Decimal(line["unit_price"])} for line in lines],
     }
-
-
-# The hold, its lines and the decrements in one round trip, after the locks and checks
-# of reserve(). The arrays are in ascending product id order, one element per line.
-TAKE_STOCK = text("""
-    WITH hold AS (
-        INSERT INTO order_holds (order_ref, status) VALUES (:order_ref, :status)
-    ), held_lines AS (
-        INSERT INTO reservations (order_ref, product_id, quantity, unit_price)
-        SELECT :order_ref, line.product_id, line.quantity, line.unit_price
-        FROM unnest(CAST(:product_ids AS integer[]), CAST(:quantities AS integer[]),
-                    CAST(:unit_prices AS numeric[]))
-             WITH ORDINALITY AS line(product_id, quantity, unit_price, n)
-        ORDER BY line.n
-    )
-    UPDATE products SET stock = products.stock - line.quantity
-    FROM unnest(CAST(:product_ids AS integer[]), CAST(:quantities AS integer[]))
-         AS line(product_id, quantity)
-    WHERE products.id = line.product_id
-""")
 
 
 def reserve(session, order_ref, quantities):
     """Take ``quantities`` (``{product_id: quantity}``, ascending ids) out of stock for
-    ``order_ref``: all lines or none.
+    ``order_ref``: all lines or none, in one statement.
 
-    Returns the hold (see :func:`describe`). If ``order_ref`` already has one, returns it
-    unchanged, whatever its status (``released`` means the order was fenced or cancelled:
-    nothing is reserved). Raises ProductNotFound naming every unknown id,
-    InsufficientStock naming every short line (requested and available), or
-    OrderTotalTooLarge when the total at current prices exceeds :data:`MAX_ORDER_TOTAL`;
-    nothing changes then. The caller commits.
-
-    Round trips: the product locks, the hold lock, one statement for every write.
+    Returns an :class:`Outcome` whose hold is ``{"order_ref", "status", "lines"}``. If
+    ``order_ref`` already has a hold, returns it unchanged, whatever its status
+    (``released`` means the order was fenced or cancelled: nothing is reserved). Raises
+    ProductNotFound naming every unknown id, InsufficientStock naming every short line
+    (requested and available), or OrderTotalTooLarge when the total at current prices
+    exceeds :data:`MAX_ORDER_TOTAL`; nothing changes then.
     """
-    products = lock_stock_rows(session, quantities)
-    hold = locked_hold(session, order_ref)
-    if hold is not None:
-        return describe(hold, products)
-
-    missing = [product_id for product_id in quantities if product_id not in products]
-    if missing:
-        raise ProductNotFound.for_ids(missing)
-
-    shortages = [
-        {"product_id": product_id, "requested": quantity, "available": products[product_id].stock}
-        for product_id, quantity in quantities.items()
-        if products[product_id].stock < quantity
-    ]
-    if shortages:
-        raise InsufficientStock.for_shortages(shortages)
-
-    total = sum(products[pid].price * quantity for pid, quantity in quantities.items())
-    if total > MAX_ORDER_TOTAL:
-        raise OrderTotalTooLarge.for_total(total, MAX_ORDER_TOTAL)
-
-    lines = [
-        {"product_id": product_id, "quantity": quantity, "unit_price": products[product_id].price}
-        for product_id, quantity in quantities.items()
-    ]
-    count_on_commit(session, STOCK_UNITS_RESERVED, sum(quantities.values()))
-    session.connection().execute(
-        TAKE_STOCK,
-        {
-            "order_ref": order_ref,
-            "status": HoldStatus.RESERVED,
-            "product_ids": [line["product_id"] for line in lines],
-            "quantities": [line["quantity"] for line in lines],
-            "unit_prices": [line["unit_price"] for line in lines],
-        },
+    answer = (
+        session.connection()
+        .execute(
+            RESERVE,
+            {
+                "order_ref": order_ref,
+                "product_ids": list(quantities),
+                "quantities": list(quantities.values()),
+                "max_total": MAX_ORDER_TOTAL,
+            },
+        )
+        .scalar_one()
     )
-    return wire_form(order_ref, HoldStatus.RESERVED, lines, products)
+    refused = answer.get("refused")
+    if refused == "product_not_found":
+        raise ProductNotFound.for_ids(answer["product_ids"])
+    if refused == "insufficient_stock":
+        raise InsufficientStock.for_shortages(answer["shortages"])
+    if refused == "order_total_too_large":
+        raise OrderTotalTooLarge.for_total(Decimal(answer["total"]), MAX_ORDER_TOTAL)
+    hold = wire_form(order_ref, answer["status"], answer["lines"])
+    return Outcome(hold, answer["units"], STOCK_UNITS_RESERVED)
 
 
 def release(session, order_ref, cause="release"):
-    """Give back the stock held for ``order_ref`` and leave the hold ``released``;
-    ``cause`` labels the units given back in ``shop_stock_units_released_total``
-    (``release``: an order cancelled or compensated; ``reconciler``).
+    """Give back the stock held for ``order_ref`` and leave the hold ``released``, in one
+    statement; ``cause`` labels the units given back in
+    ``shop_stock_units_released_total`` (``release``: an order cancelled or compensated;
+    ``reconciler``).
 
     Idempotent: a second call changes nothing. For an ``order_ref`` with no hold, records
-    a released hold with no lines (a fence, see the module docstring). Returns the hold.
-    The caller commits.
+    a released hold with no lines (a fence, see the module docstring). Returns an
+    :class:`Outcome`.
     """
-    product_ids = session.scalars(
-        select(Reservation.product_id).where(Reservation.order_ref == order_ref)
-    ).all()
-    products = lock_products(session, product_ids) if product_ids else {}
-    hold = lock_hold(session, order_ref)
-    if hold is None:
-        hold = OrderHold(order_ref=order_ref, status=HoldStatus.RELEASED, lines=[])
-        session.add(hold)
-    elif hold.status != HoldStatus.RELEASED:
-        for line in hold.lines:
-            products[line.product_id].stock += line.quantity
-        hold.status = HoldStatus.RELEASED
-        count_on_commit(
-            session, STOCK_UNITS_RELEASED.labels(cause), sum(line.quantity for line in hold.lines)
-        )
-    session.flush()
-    return describe(hold, products)
+    answer = session.connection().execute(RELEASE, {"order_ref": order_ref}).scalar_one()
+    hold = wire_form(order_ref, answer["status"], answer["lines"])
+    return Outcome(hold, answer["units"], STOCK_UNITS_RELEASED.labels(cause))
+
+
+def hold_of(session, order_ref):
+    """The hold of ``order_ref`` in its wire form, or None if there is none. Read-only,
+    one round trip."""
+    row = session.connection().execute(HOLD, {"order_ref": order_ref}).first()
+    return None if row is None else wire_form(order_ref, row.status, row.lines)
 
 
 def with_hold_retry(get_session, operation, *args):
-    """Run ``operation(session, *args)`` in a committed transaction, once more if it lost a
-    race to create the same hold (IntegrityError on ``order_holds``)."""
+    """Run ``operation(session, *args)`` (:func:`reserve` or :func:`release`) on a session
+    of ``get_session()``, once more if it lost a race to create the same hold
+    (IntegrityError on ``order_holds``); count the units it moved once the session has
+    committed. Returns the hold."""
     for attempt in (1, 2):
         try:
             with get_session() as session:
-                return operation(session, *args)
+                outcome = operation(session, *args)
         except IntegrityError:
             if attempt == 2:
                 raise
+            continue
+        if outcome.units:
+            outcome.counter.inc(outcome.units)
+        return outcome.hold
+    raise AssertionError("unreachable")
