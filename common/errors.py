@@ -226,8 +226,8 @@ class OrderNotCancellable(Conflict):
 class OrderFailed(Conflict):
     error = "order_failed"
     description = (
-        "The order could not be completed and holds no stock; place a new order "
-        "(with a new Idempotency-Key)."
+        "The order could not be completed and holds no stock (details.cause says why); "
+        "retry with the same Idempotency-Key to place it again."
     )
 
 

@@ -12,9 +12,13 @@ Safety of each step when repeated:
 * ``products.reserve_stock(order_ref, ...)`` is idempotent on ``order_ref`` and answers
   ``released`` once the order was fenced, so a stale or replayed call reserves nothing;
 * ``products.release_stock(order_ref)`` is idempotent and fences the order;
-* the status changes are guarded by the row lock and only ever leave ``pending`` once.
+* the status changes are guarded by the row lock; an order leaves ``pending`` once per
+  attempt: a ``failed`` order (it never held stock: its reservation was fenced after an
+  answer went missing) is placed again by a retry with its key (:func:`reopen`), under a
+  new ``order_ref``, so a transient fault never burns an Idempotency-Key.
 """
 
+import uuid
 from decimal import Decimal
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,7 +75,7 @@ def advance(order, check_customer, products):
         order.failure = error_record(exc)
         return False
     if hold["status"] == "released":
-        fail(order)
+        fail(order, "fenced")
         return False
     confirm(order, hold["lines"])
     return True
@@ -91,11 +95,26 @@ def confirm(order, reserved_lines):
     order.status, order.failure = OrderStatus.CONFIRMED, None
 
 
-def fail(order):
+def fail(order, cause):
+    """Mark ``order`` failed: it holds no stock and its ``order_ref`` is fenced. The stored
+    failure names its ``cause``: the code of the error that left it pending (``timeout``,
+    ``service_unavailable``...), or ``fenced`` (its reservation found the fence)."""
     order.status = OrderStatus.FAILED
     order.failure = error_record(
-        OrderFailed(f"order {order.id} could not be completed", {"order_id": order.id})
+        OrderFailed(
+            f"order {order.id} could not be completed ({cause}); nothing is held for it: "
+            "retry with the same Idempotency-Key to place it again",
+            {"order_id": order.id, "cause": cause},
+        )
     )
+
+
+def reopen(order):
+    """Make a ``failed`` order ``pending`` again, under a new ``order_ref`` (the old one is
+    fenced at products: nothing can be reserved under it any more). A failed order never
+    held stock, so placing it again cannot sell twice; the client's key keeps one order."""
+    order.order_ref = uuid.uuid4().hex
+    order.status, order.failure = OrderStatus.PENDING, None
 
 
 def recover(order, products):
@@ -107,7 +126,7 @@ def recover(order, products):
         confirm(order, hold["lines"])
         return
     products.release_stock(order.order_ref)
-    fail(order)
+    fail(order, (order.failure or {}).get("error", "unknown"))
 
 
 def outcome_error(order):

@@ -185,10 +185,11 @@ class OrdersService(ShopService):
         CustomerNotFound / ProductNotFound (404), InsufficientStock (409, naming each short
         product, requested and available) or OrderTotalTooLarge (422, at current prices):
         the order is ``rejected``, nothing reserved;
-        OrderFailed (409): the order was fenced by recovery; ServiceUnavailable (503) or
-        GatewayTimeout (504): the order is ``pending`` (``details.order_id``).
+        OrderFailed (409): the order was fenced (``details.cause``); ServiceUnavailable
+        (503) or GatewayTimeout (504): the order is ``pending`` (``details.order_id``).
         Idempotent with ``idempotency_key``: a retry gets the first outcome (same order,
-        same error), resumes a pending order, and is a 422 IdempotencyKeyReused if the
+        same error), resumes a pending order, places a failed one again (it held nothing:
+        a transient fault never burns the key), and is a 422 IdempotencyKeyReused if the
         request differs. Without a key each call is a new order.
         """
         key = checked_key(idempotency_key)
@@ -219,6 +220,8 @@ class OrdersService(ShopService):
                         select(Order).where(Order.idempotency_key == key).with_for_update()
                     ).one()
                     ensure_same_request(key, order.request_fingerprint, request)
+                    if order.status == OrderStatus.FAILED:  # a transient fault: place it again
+                        flow.reopen(order)
                     known = None
                 else:  # the common case first: one INSERT, no lookup
                     # the key was used before: IntegrityError, replay

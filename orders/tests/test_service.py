@@ -254,8 +254,20 @@ def test_recovery_fences_and_fails_a_pending_order_without_stock(service):
     service.products.release_stock.assert_called_once_with(order_ref)
     order = service.get_order(order_id)
     assert (order["status"], order["failure"]["error"]) == ("failed", "order_failed")
-    with pytest.raises(OrderFailed):  # and a retry with the key now gets that outcome
-        service.create_order(ORDER, "key-1")
+    assert order["failure"]["details"]["cause"] == "timeout"  # what left it pending
+
+
+def test_a_retry_places_a_failed_order_again_under_a_new_ref(service):
+    """A transient fault never burns the key (issue 22): the order recovery failed held
+    nothing, so the client's retry with its key places it again, same order."""
+    order_id, order_ref = pending_order(service)
+    service.products.get_reservation.return_value = None
+    service.recover_pending_orders()
+    order = service.create_order(ORDER, "key-1")
+    assert (order["id"], order["status"]) == (order_id, "confirmed")
+    new_ref = service.products.reserve_stock.call_args.args[0]
+    assert new_ref != order_ref  # the old ref is fenced at products
+    assert service.create_order(ORDER, "key-1") == order  # and now its outcome stays
 
 
 def warnings_logged(caplog):
