@@ -188,8 +188,8 @@ class Settings:
     # -- recovery jobs (orders/service.py, products/reconcile.py) --
     recovery_interval: float = setting("RECOVERY_INTERVAL", seconds, 5.0)
     recovery_age: float = setting("RECOVERY_AGE", seconds, 30.0)
-    hold_check_interval: float = setting("HOLD_CHECK_INTERVAL", seconds, 10.0)
-    hold_confirm_age: float = setting("HOLD_CONFIRM_AGE", seconds, 120.0)
+    hold_check_interval: float = setting("HOLD_CHECK_INTERVAL", seconds, 3.0)
+    hold_confirm_age: float = setting("HOLD_CONFIRM_AGE", seconds, 5.0)
     hold_check_batch: int = setting("HOLD_CHECK_BATCH", count, 500)
     # -- gateway HTTP (gateway/http.py, gateway/dependencies.py) --
     web_server_address: str | None = setting("WEB_SERVER_ADDRESS", text)

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # a tenth of a reservation's CPU when done per call (docs/BENCHMARKS.md, issue 14).
 order_schema = OrderSchema()
 create_order_schema = CreateOrderSchema()
+# order_states' word for an order whose placing transaction is still open
+IN_FLIGHT_STATE = "in_flight"
 # list_orders loads and serializes a page this many lines at a time (see there).
 LOAD_BATCH_LINES = 500
 
@@ -73,6 +75,27 @@ def remember(session, customer_id):
 
 
 ORDERS_TABLE = cast(Table, Order.__table__)
+
+
+def IN_FLIGHT_LOCK(order_ref):  # noqa: N802 - a SQL expression, named as one
+    """``pg_advisory_xact_lock`` on ``order_ref``: held by the transaction placing the order
+    until it commits or rolls back (see :meth:`OrdersService.order_states`)."""
+    return func.pg_advisory_xact_lock(func.hashtextextended(order_ref, 0))
+
+
+# order_refs among :refs whose placing transaction is still open (their lock is taken)
+IN_FLIGHT = text("""
+    SELECT ref FROM unnest(CAST(:refs AS text[])) AS ref
+    WHERE NOT pg_try_advisory_xact_lock_shared(hashtextextended(ref, 0))
+""")
+
+
+def lock_in_flight(session, order_ref):
+    """Mark ``order_ref`` in flight for the rest of ``session``'s transaction: until it
+    ends, ``order_states`` reports it ``in_flight`` rather than unknown, so products'
+    reconciler never gives back the stock of an order that may still commit. A new
+    order takes it in its INSERT (:data:`NewOrder.INSERT`); a retry, here."""
+    session.execute(select(IN_FLIGHT_LOCK(order_ref)))
 
 
 @dataclass
@@ -104,6 +127,7 @@ class NewOrder:
         ORDERS_TABLE.c.created_at,
         ORDERS_TABLE.c.updated_at,
         exists().where(KnownCustomer.id == bindparam("known_customer_id")).label("known"),
+        IN_FLIGHT_LOCK(ORDERS_TABLE.c.order_ref).label("in_flight"),  # see lock_in_flight
     )
     # The outcome in one round trip: the lines (none unless confirmed; the arrays hold one
     # element per line, in order) and the order's status, total and failure.
@@ -222,6 +246,8 @@ class OrdersService(ShopService):
                     ensure_same_request(key, order.request_fingerprint, request)
                     if order.status == OrderStatus.FAILED:  # a transient fault: place it again
                         flow.reopen(order)
+                    if order.status == OrderStatus.PENDING:
+                        lock_in_flight(session, order.order_ref)
                     known = None
                 else:  # the common case first: one INSERT, no lookup
                     # the key was used before: IntegrityError, replay
@@ -347,14 +373,25 @@ class OrdersService(ShopService):
 
     @rpc
     def order_states(self, order_refs: list[str]) -> dict[str, str]:
-        """``{order_ref: status}`` for the committed orders among ``order_refs`` (at most
-        1000); unknown refs are absent. Read-only (used by products' reconciler)."""
+        """``{order_ref: status}`` for the orders among ``order_refs`` (at most 1000):
+        the committed ones' status, ``in_flight`` for one whose placing transaction is
+        still open (it may yet commit); refs absent from the answer never committed and
+        never will. Read-only (used by products' reconciler).
+
+        Every transaction placing an order holds an advisory lock on its ``order_ref``
+        (:func:`lock_in_flight`) from before its reservation until it ends. The locks are
+        tried first, each statement in its own snapshot: a ref whose lock is free then has
+        its transaction over (committed: the next statement sees its row; rolled back:
+        never). So an orphan (the process died, or lost its database, before the commit)
+        is known as one as soon as PostgreSQL ends its transaction, not an age later."""
         refs = [str(ref) for ref in order_refs][:1000]
-        with self.db.reading() as session:  # no transaction outlives the worker
+        with self.db.reading() as session:  # autocommit: each statement its own snapshot
+            in_flight = set(session.scalars(IN_FLIGHT, {"refs": refs}))
             rows = session.execute(
                 select(Order.order_ref, Order.status).where(Order.order_ref.in_(refs))
             )
-            return {ref: status for ref, status in rows}
+            states = {ref: status for ref, status in rows}
+        return {**{ref: IN_FLIGHT_STATE for ref in in_flight}, **states}
 
     @config_timer("RECOVERY_INTERVAL")
     @retried_at_next_tick(log, "recovery of pending orders")

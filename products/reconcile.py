@@ -48,8 +48,9 @@ from products.models import HoldStatus
 
 log = logging.getLogger(__name__)
 
-# Order states (from orders.order_states; None: no such order) whose stock must be given
-# back. "pending" is left to orders' own recovery.
+# Order states (from orders.order_states; None: no such order, and none can commit any
+# more) whose stock must be given back. "pending" is left to orders' own recovery, and
+# "in_flight" (its placing transaction is still open) to a later check.
 ORDER_STATES_WITHOUT_STOCK = {None, "rejected", "failed", "cancelled"}
 # orders.order_states answers for at most this many order_refs per call.
 MAX_BATCH = 1000

@@ -464,6 +464,28 @@ def test_order_states(service):
     assert order["status"] == "confirmed"
 
 
+def test_an_order_being_placed_is_in_flight_until_its_transaction_ends(
+    service, db_wrapper, clean_databases
+):
+    """While the transaction placing an order is open (here: stuck in its reservation),
+    order_states says ``in_flight``: products' reconciler must not give its stock back.
+    Once the transaction is gone without a commit (the process died), the ref is absent:
+    an orphan, known as one at once."""
+    states = []
+
+    def reserve_while_asked(order_ref, requested):
+        states.append(observer.order_states([order_ref]))  # from another worker, mid-order
+        raise OperationalError("SELECT 1", {}, Exception("the process died"))
+
+    observer = worker_factory(OrdersService, db=db_wrapper("orders"), config={"RECOVERY_AGE": 0})
+    service.products.reserve_stock.side_effect = reserve_while_asked
+    with pytest.raises(ServiceUnavailable):  # its transaction rolled back
+        service.create_order(ORDER, "key-1")
+    [order_ref] = [call.args[0] for call in service.products.reserve_stock.call_args_list]
+    assert states == [{order_ref: "in_flight"}]
+    assert observer.order_states([order_ref]) == {}  # never committed: an orphan
+
+
 @pytest.mark.parametrize(
     "payload, bad_field",
     [
