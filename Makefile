@@ -10,7 +10,7 @@ SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lint coverage lock shell bench bench-check bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lint coverage lock shell bench bench-check bench-overload bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 
@@ -62,6 +62,10 @@ bench:  ## load benchmark of the running stack (`make up` first): BENCH_DURATION
 bench-check:  ## offline self-check of bench/ (imports every module; no stack, no load)
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make build\` first" >&2; exit 3; }
 	@$(BIN)/python bench/selfcheck.py
+
+bench-overload:  ## orders at 1x-16x the connections served, reads alongside: goodput, sheds, p50/p99 of admitted (`make up` first): BENCH_OVERLOAD_LEVELS=1,2,4,8,16
+	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
+	@$(BIN)/python bench/overload.py
 
 bench-scaling:  ## bench with 1, 2 and 4 products/orders processes (restarts the stack): BENCH_SCALING=1,2,4
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }

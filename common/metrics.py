@@ -27,6 +27,8 @@ line carries):
   (``outcome`` ``service_unavailable`` is a 503, ``timeout`` a 504);
 * ``shop_rpc_expired_total{service,method}``: requests a service dropped before any work
   because their deadline had passed (:mod:`common.deadline`);
+* ``shop_in_rotation{service}``: 1 while a service process consumes its RPC queue, 0
+  while it is out of rotation because its database does not answer (:mod:`common.rotation`);
 * ``shop_admission_in_flight{lane}`` and ``shop_admission_shed_total{lane}``: a gateway's
   requests in flight and shed, ``lane`` ``reads`` or ``writes`` (:mod:`gateway.admission`);
 * ``shop_http_responses_total{route,status}``: every answer of a gateway, including those
@@ -112,6 +114,11 @@ RPC_EXPIRED = Counter(
     "shop_rpc_expired",
     "RPC requests dropped unstarted: their deadline had passed (common/deadline.py).",
     ["service", "method"],
+)
+IN_ROTATION = Gauge(
+    "shop_in_rotation",
+    "1 while this process takes requests, 0 while its database does not answer.",
+    ["service"],
 )
 ADMISSION_IN_FLIGHT = Gauge(
     "shop_admission_in_flight", "Requests a gateway is working on, by lane.", ["lane"]

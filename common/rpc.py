@@ -22,6 +22,7 @@ long as the alarm lasts; that thread finishes by itself once the alarm clears (i
 message may then still be delivered: a 504 never says the call did not happen).
 """
 
+import contextlib
 import logging
 import sys
 import time
@@ -73,6 +74,7 @@ from common.broker import BrokerWatch
 from common.deadline import DEADLINE_KEY, call_timeout, expired
 from common.errors import ExcInfo, GatewayTimeout, Reason, ServiceUnavailable, ShopError
 from common.metrics import RPC_EXPIRED, child, observe_rpc_call
+from common.rotation import RotatingQueueConsumer
 from common.settings import settings_of
 from common.tracing import client_span, mark_outcome, provider_for
 
@@ -97,6 +99,11 @@ TRANSPORT_FAILURES = frozenset(
         "OperationalError",
     }
 )
+
+
+# What a publish or an ack raises when the broker connection is broken or the broker
+# refused it (py-amqp's "Server unexpectedly closed connection" is a bare OSError).
+BROKER_FAILURES = (KombuOperationalError, AMQPError, OSError)
 
 
 def call_bound(config: Mapping[str, Any], target_service: str) -> float:
@@ -158,7 +165,10 @@ class Responder(NamekoResponder):
 
 
 class RpcConsumer(NamekoRpcConsumer):
-    """nameko's RPC consumer, answering through :class:`Responder`."""
+    """nameko's RPC consumer, answering through :class:`Responder`, on a queue consumer
+    that stops consuming while its process is out of rotation (:mod:`common.rotation`)."""
+
+    queue_consumer = RotatingQueueConsumer()
 
     def handle_result(
         self, message: Any, result: Any, exc_info: ExcInfo | None
@@ -172,8 +182,23 @@ class RpcConsumer(NamekoRpcConsumer):
             ssl=config.get(AMQP_SSL_CONFIG_KEY),
             login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
         )
-        result, exc_info = responder.send_response(result, exc_info)
-        self.queue_consumer.ack_message(message)
+        try:
+            result, exc_info = responder.send_response(result, exc_info)
+            self.queue_consumer.ack_message(message)
+        except BROKER_FAILURES as exc:
+            # The broker went away under the answer (a partition, a cluster node killed):
+            # the request goes back to the queue, to be delivered again (every RPC is
+            # idempotent; past its deadline it is dropped unstarted): requeued now if its
+            # own channel is alive, else by RabbitMQ when that connection is gone. Raising
+            # here would kill the container (nameko: "thread exited with error") where
+            # its consumer reconnects by itself.
+            log.warning(
+                "could not answer or ack %s (%r): it will be delivered again",
+                message.delivery_info.get("routing_key"),
+                exc,
+            )
+            with contextlib.suppress(*BROKER_FAILURES):
+                self.queue_consumer.requeue_message(message)
         return result, exc_info
 
 
@@ -181,7 +206,9 @@ class Rpc(NamekoRpc):
     """nameko's ``@rpc`` entrypoint, answering through :class:`Responder`, that drops a
     request whose deadline (:mod:`common.deadline`) has passed before it takes a worker:
     its caller has stopped waiting, so any work done for it would be wasted (and, under
-    overload, taken from requests that can still be answered in time). The request is
+    overload, taken from requests that can still be answered in time). A request that
+    reaches a process out of rotation (:mod:`common.rotation`) is put back in the queue,
+    unstarted, for another process. The request is
     answered with a :class:`GatewayTimeout` (its caller may still be listening if its
     clock runs behind) and acked; ``shop_rpc_expired_total`` counts it. Nothing the
     method would have done happens: a client retry (idempotent) does it."""
@@ -191,7 +218,10 @@ class Rpc(NamekoRpc):
     def handle_message(self, body: Any, message: Any) -> None:
         late = expired({DEADLINE_KEY: message.headers.get(f"{self.header_prefix}.{DEADLINE_KEY}")})
         if late is None:
-            super().handle_message(body, message)
+            if self.rpc_consumer.queue_consumer.rotation.serving:
+                super().handle_message(body, message)
+            else:  # out of rotation (common/rotation.py): for another process, unstarted
+                self.rpc_consumer.queue_consumer.requeue_message(message)
             return
         child(RPC_EXPIRED, self.container.service_name, self.method_name).inc()
         error = GatewayTimeout(
@@ -337,7 +367,7 @@ class BoundedMethodProxy(MethodProxy):
                 f"service {self.service_name!r} is not running",
                 {"service": self.service_name},
             ) from None
-        except (KombuOperationalError, AMQPError, OSError) as exc:
+        except BROKER_FAILURES as exc:
             # the broker connection broke (a node died, py-amqp's "Server unexpectedly
             # closed connection" is a bare OSError) or refused the publish
             log.warning(

@@ -72,6 +72,7 @@ class OrderLoad:
         self.attempts = []  # (status or None, seconds) of every attempt, retries included
         self.aborted = []  # the exceptions of the attempts whose connection broke
         self.unavailable = []  # (seconds, Retry-After, details.reason) of every 503
+        self.timeline = []  # (sent at, time.monotonic(); status or None) of every attempt
         self.http = requests.Session()
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=concurrency * 2))
         self._round_robin = itertools.cycle(urls)
@@ -105,6 +106,7 @@ class OrderLoad:
             answer = (None, None)
         self.answers[key] = (*answer, time.monotonic() - started)
         self.attempts.append((answer[0], time.monotonic() - started))
+        self.timeline.append((started, answer[0]))
         self.statuses_seen.add(answer[0])
         time.sleep(self.pace)
 
@@ -138,6 +140,31 @@ class OrderLoad:
             pool = eventlet.GreenPool(self.concurrency)
             list(pool.imap(self.send, self.indefinite()))
             time.sleep(1)
+
+
+class StoppableLoad(OrderLoad):
+    """An OrderLoad that sends nothing new once :meth:`stop` is called (requests in flight
+    finish and are recorded): it runs as long as the test needs, on any machine."""
+
+    stopped = False
+
+    def send(self, key):
+        if not self.stopped:
+            super().send(key)
+
+    def stop(self):
+        self.stopped = True
+        self.wait()
+
+    def settle(self):
+        self.stopped = False  # the load is over: settling sends again
+        super().settle()
+
+    def served_per_second(self, start, end):
+        """201s per second among the attempts sent between ``start`` and ``end``
+        (``time.monotonic()``)."""
+        served = [at for at, status in self.timeline if start <= at < end and status == 201]
+        return len(served) / (end - start)
 
 
 def connection_failure_kind(exc):

@@ -24,7 +24,7 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
-from tests.faults.conftest import FAST_RECOVERY, OrderLoad
+from tests.faults.conftest import FAST_RECOVERY, StoppableLoad
 
 BACKLOG = 20_000
 ORPHANS = 20
@@ -63,21 +63,6 @@ def orphan_product(stack, shop):
     ).json()
     shop[1][product["id"]] = 100
     return product["id"]
-
-
-class StoppableLoad(OrderLoad):
-    """An OrderLoad that sends nothing new once :meth:`stop` is called (requests in flight
-    finish and are recorded): it runs as long as the test needs, on any machine."""
-
-    stopped = False
-
-    def send(self, key):
-        if not self.stopped:
-            super().send(key)
-
-    def stop(self):
-        self.stopped = True
-        self.wait()
 
 
 @pytest.fixture
