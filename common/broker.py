@@ -10,9 +10,10 @@ and only a connection that reads its socket hears it.
 connection for that: it publishes a tiny transient message nobody receives every
 ``PROBE_INTERVAL`` seconds (the default exchange, a routing key no queue has), reads the
 broker's notifications in between, and publishes nothing while blocked (the broker reads
-nothing then). Its heartbeats (:data:`HEARTBEAT`) tell it when the broker went silent (a
-partition: no error, no data): :attr:`BrokerWatch.connected` is then False within about
-two seconds, and a service's ``/ready`` says so (:mod:`common.ops_http`). :attr:`BrokerWatch.blocked` is what callers consult before publishing:
+nothing then). Each probe is confirmed: one whose confirm does not come within
+:data:`CONFIRM_TIMEOUT` means the broker went silent (a partition: no error, no data), and
+:attr:`BrokerWatch.connected` is then False within about two seconds; a service's
+``/ready`` says so (:mod:`common.ops_http`). :attr:`BrokerWatch.blocked` is what callers consult before publishing:
 :mod:`common.rpc` answers 503 ``service_unavailable`` with ``details.reason:
 "broker_blocked"`` instead of queueing work behind the alarm.
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 PROBE_INTERVAL = 0.5  # seconds between probes, and so the longest a new alarm goes unnoticed
 PROBE_ROUTING_KEY = "shop.broker-watch.probe"  # bound to no queue: the broker drops it
 CONNECT_TIMEOUT = 2.0
-HEARTBEAT = 1  # seconds: the watch knows the broker is unreachable within about 2 s
+CONFIRM_TIMEOUT = 1.5  # seconds a probe's confirm may take: a silent broker shows in 2 s
 RECONNECT_DELAY = 1.0
 
 
@@ -88,9 +89,7 @@ class BrokerWatch(SharedExtension):
         self._connection = Connection(
             self.container.config[AMQP_URI_CONFIG_KEY],
             connect_timeout=CONNECT_TIMEOUT,
-            # a broker that went silent (a partition: no error, no data) shows up as missed
-            # heartbeats within 2 x HEARTBEAT seconds; a closed socket shows up at once
-            heartbeat=HEARTBEAT,
+            heartbeat=0,  # each probe is confirmed: a silent broker shows up sooner
             transport_options={"on_blocked": self._on_blocked, "on_unblocked": self._on_unblocked},
         )
         self._connection.ensure_connection(max_retries=1)
@@ -99,12 +98,25 @@ class BrokerWatch(SharedExtension):
         probe = Message(b"", delivery_mode=1)
         while True:
             if not self.blocked:
-                channel.basic_publish(probe, exchange="", routing_key=PROBE_ROUTING_KEY)
+                self._confirmed(channel, probe)
             try:
                 self._connection.drain_events(timeout=PROBE_INTERVAL)
             except TimeoutError:
                 pass
-            self._connection.heartbeat_check()  # raises once heartbeats are missed
+
+    def _confirmed(self, channel, probe):
+        """Publish ``probe`` and wait for the broker's confirm, at most CONFIRM_TIMEOUT:
+        a broker that went silent (a partition: no error, no data) raises TimeoutError,
+        and the watch starts again, disconnected. One that blocks publishers meanwhile
+        (its ``connection.blocked`` arrives during the wait) is not silent: the confirm
+        comes once the alarm clears, and the watch publishes nothing until then."""
+        try:
+            channel.basic_publish_confirm(
+                probe, exchange="", routing_key=PROBE_ROUTING_KEY, confirm_timeout=CONFIRM_TIMEOUT
+            )
+        except TimeoutError:
+            if not self.blocked:
+                raise
 
     def _close(self):
         self.connected = False

@@ -169,6 +169,7 @@ class Settings:
     # -- broker and databases (nameko, nameko-sqlalchemy and the tooling read these) --
     amqp_uri: str | None = setting("AMQP_URI", text)
     rabbit_management_uri: str | None = setting("RABBIT_MANAGEMENT_URI", text)
+    heartbeat: int | None = setting("HEARTBEAT", count)  # nameko reads it itself
     db_uris: MappingProxyType | None = setting("DB_URIS", mapping)
     db_admin_uri: str | None = setting("DB_ADMIN_URI", text)
     db_read_uris: MappingProxyType | None = setting("DB_READ_URIS", mapping)

@@ -180,20 +180,27 @@ def connection_failure_kind(exc):
     return "aborted"
 
 
+def create_shop(api, products=5, stock=60, prefix="p"):
+    """A customer and ``products`` products of ``stock`` units each, through the API at
+    ``api``: ``(customer_id, {product_id: stock})``."""
+    customer = requests.post(
+        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}, timeout=10
+    ).json()
+    stock_added = {}
+    for n in range(products):
+        product = requests.post(
+            f"{api}/api/products",
+            json={"name": f"{prefix}{n}", "price": "1.25", "stock": stock},
+            timeout=10,
+        ).json()
+        stock_added[product["id"]] = stock
+    return customer["id"], stock_added
+
+
 @pytest.fixture
 def shop(stack):
     """A customer and five products of 60 units each, through the API."""
-    api = stack.urls[0]
-    customer = requests.post(
-        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}
-    ).json()
-    stock_added = {}
-    for n in range(5):
-        product = requests.post(
-            f"{api}/api/products", json={"name": f"p{n}", "price": "1.25", "stock": 60}
-        ).json()
-        stock_added[product["id"]] = 60
-    return customer["id"], stock_added
+    return create_shop(stack.urls[0])
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from tests.faults.conftest import FAST_RECOVERY, OrderLoad
+from tests.faults.conftest import FAST_RECOVERY, OrderLoad, create_shop
 
 BASE_CLIENTS = 12
 CLIENTS = 16 * BASE_CLIENTS
@@ -36,19 +36,7 @@ READ_BOUND = FAST_RECOVERY["RPC_TIMEOUT"]
 @pytest.fixture
 def shop(stack):
     """A customer and three products with stock for the whole load."""
-    api = stack.urls[0]
-    customer = requests.post(
-        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}, timeout=10
-    ).json()
-    stock_added = {}
-    for n in range(3):
-        product = requests.post(
-            f"{api}/api/products",
-            json={"name": f"p{n}", "price": "1.25", "stock": STOCK},
-            timeout=10,
-        ).json()
-        stock_added[product["id"]] = STOCK
-    return customer["id"], stock_added
+    return create_shop(stack.urls[0], products=3, stock=STOCK, prefix="p")
 
 
 @pytest.fixture

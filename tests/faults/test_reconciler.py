@@ -24,7 +24,7 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 from sqlalchemy import text
 
-from tests.faults.conftest import FAST_RECOVERY, StoppableLoad
+from tests.faults.conftest import FAST_RECOVERY, StoppableLoad, create_shop
 
 BACKLOG = 20_000
 ORPHANS = 20
@@ -42,17 +42,7 @@ DEADLINE = FAST_RECOVERY["HOLD_CONFIRM_AGE"] + FAST_RECOVERY["HOLD_CHECK_INTERVA
 def shop(stack):
     """Overrides conftest's: five products with stock for the whole load (every order
     confirmed, so holds keep coming for the reconciler), and the customer."""
-    api = stack.urls[0]
-    customer = requests.post(
-        f"{api}/api/customers", json={"name": "c", "email": "c@example.com"}
-    ).json()
-    stock_added = {}
-    for n in range(5):
-        product = requests.post(
-            f"{api}/api/products", json={"name": f"p{n}", "price": "1.25", "stock": 5000}
-        ).json()
-        stock_added[product["id"]] = 5000
-    return customer["id"], stock_added
+    return create_shop(stack.urls[0], products=5, stock=5000)
 
 
 @pytest.fixture
