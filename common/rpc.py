@@ -203,15 +203,17 @@ class RpcConsumer(NamekoRpcConsumer):
 
 
 class Rpc(NamekoRpc):
-    """nameko's ``@rpc`` entrypoint, answering through :class:`Responder`, that drops a
-    request whose deadline (:mod:`common.deadline`) has passed before it takes a worker:
-    its caller has stopped waiting, so any work done for it would be wasted (and, under
-    overload, taken from requests that can still be answered in time). A request that
-    reaches a process out of rotation (:mod:`common.rotation`) is put back in the queue,
-    unstarted, for another process. The request is
-    answered with a :class:`GatewayTimeout` (its caller may still be listening if its
-    clock runs behind) and acked; ``shop_rpc_expired_total`` counts it. Nothing the
-    method would have done happens: a client retry (idempotent) does it."""
+    """nameko's ``@rpc`` entrypoint, answering through :class:`Responder`.
+
+    It drops a request whose deadline (:mod:`common.deadline`) has passed before it takes
+    a worker: its caller has stopped waiting, so any work done for it would be wasted
+    (and, under overload, taken from requests that can still be answered in time). The
+    request is answered with a :class:`GatewayTimeout` (its caller may still be
+    listening if its clock runs behind) and acked; ``shop_rpc_expired_total`` counts it.
+    Nothing the method would have done happens: a client retry (idempotent) does it.
+
+    A request that reaches a process out of rotation (:mod:`common.rotation`) is put back
+    in the queue, unstarted, for another process."""
 
     rpc_consumer = RpcConsumer()
 

@@ -426,8 +426,8 @@ class JsonHttpEntrypoint(HttpRequestHandler):
         try:
             with self.admission.lane_for(request.method).admitted(deadline):
                 return super().handle_request(request)
-        except ServiceUnavailable as exc:  # shed: no worker was taken
-            return error_response(exc)
+        except ServiceUnavailable as exc:  # shed, no worker taken (nameko's handling
+            return error_response(exc)  # answers every error of the route itself)
 
     def stop(self):
         """Drain the server before this route stops (see the module docstring)."""

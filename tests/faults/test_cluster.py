@@ -55,10 +55,10 @@ def wait_ready(stack, since, within=READY_WITHIN):
 
 def assert_every_process_runs(stack, since, within=READY_WITHIN):
     """Every process is RUNNING within ``within`` s of the fault at ``since``. A service
-    process whose reply publish was on the killed node may have exited (the confirm fails,
-    nameko stops the container) and been restarted by supervisord: that is the recovery,
-    and it takes supervisord's ``startsecs`` (3 s) to show RUNNING. A process not running
-    by then (STARTING, BACKOFF, FATAL) fails the test."""
+    process whose reply publish was on the killed node requeues that request and goes on
+    (common/rpc.py); one that exited for another reason and was restarted by supervisord
+    takes its ``startsecs`` (3 s) to show RUNNING. A process not running by then
+    (STARTING, BACKOFF, FATAL) fails the test."""
     while True:
         status = stack.ctl("status").splitlines()
         if status and all(" RUNNING " in line for line in status):
