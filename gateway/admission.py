@@ -9,7 +9,7 @@ read waited behind them for as long, three times its bound (docs/ARCHITECTURE.md
 * **reads** (GET) and **writes** (POST) have a lane each, with its own limit of requests
   in flight (``ADMISSION_READS``, ``ADMISSION_WRITES``) and its own workers: reads keep
   their bound under any order load, and the other way round;
-* a request that finds its lane full waits, first come first served, for at most
+* a request that finds its lane full waits, strictly first come first served, for at most
   ``ADMISSION_QUEUE_SECONDS``, and never past its own deadline; then it is **shed**:
   ``503 service_unavailable`` with ``details.reason: overloaded`` and ``Retry-After``,
   early, instead of a 504 after its whole bound (and instead of work done for a client
@@ -31,11 +31,13 @@ is sized for both lanes plus :data:`SPARE_WORKERS` for them.
 
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from eventlet.semaphore import Semaphore
+import eventlet
+from eventlet.event import Event
 from nameko.extensions import SharedExtension
 
 from common.errors import Reason, ServiceUnavailable
@@ -48,17 +50,26 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 class Lane:
     """At most ``limit`` requests in flight; others wait in arrival order, each at most
-    ``queue_seconds`` and never past its deadline, at most ``max_waiting`` of them."""
+    ``queue_seconds`` and never past its deadline, at most ``max_waiting`` of them.
+
+    First come, first served, strictly: a slot that frees up is handed to the oldest
+    waiter, never taken by a request that arrives meanwhile (eventlet's Semaphore lets a
+    newcomer take it, and under load a waiter could lose its turn again and again until
+    its budget ran out: `make bench` saw 1 s waits at 48 connections)."""
 
     def __init__(self, name: str, limit: int, queue_seconds: float, max_waiting: int) -> None:
         self.name = name
         self.limit = limit
         self.queue_seconds = queue_seconds
         self.max_waiting = max_waiting
-        self.waiting = 0
-        self._slots = Semaphore(limit)
+        self.in_flight = 0
+        self._waiters: deque[Event] = deque()
         self._in_flight = child(ADMISSION_IN_FLIGHT, name)
         self._shed = child(ADMISSION_SHED, name)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     @contextmanager
     def admitted(self, deadline: float) -> Iterator[None]:
@@ -72,18 +83,36 @@ class Lane:
             yield
         finally:
             self._in_flight.dec()
-            self._slots.release()
+            self._release()
 
     def _take(self, wait: float) -> bool:
-        if self._slots.acquire(blocking=False):
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
             return True
-        if wait <= 0 or self.waiting >= self.max_waiting:
+        if wait <= 0 or len(self._waiters) >= self.max_waiting:
             return False
-        self.waiting += 1
+        turn = Event()
+        self._waiters.append(turn)
         try:
-            return bool(self._slots.acquire(timeout=wait))
-        finally:
-            self.waiting -= 1
+            with eventlet.Timeout(wait, False):
+                turn.wait()
+        except BaseException:  # the waiter is killed (its connection went): no slot lost
+            if turn.ready():
+                self._release()
+            else:
+                self._waiters.remove(turn)
+            raise
+        if turn.ready():  # handed a slot (in time, or as the budget ran out)
+            return True
+        self._waiters.remove(turn)
+        return False
+
+    def _release(self) -> None:
+        """Hand the slot to the oldest waiter, or free it."""
+        if self._waiters:
+            self._waiters.popleft().send(True)  # in_flight unchanged: the slot moves on
+        else:
+            self.in_flight -= 1
 
     def overloaded(self) -> ServiceUnavailable:
         retry_after = max(1, math.ceil(self.queue_seconds))

@@ -51,6 +51,35 @@ def test_a_waiter_is_admitted_when_a_slot_frees_in_time():
     holder.wait()
 
 
+def test_a_freed_slot_goes_to_the_oldest_waiter_not_to_a_newcomer():
+    lane = Lane("writes", limit=1, queue_seconds=5, max_waiting=10)
+    admitted = []
+
+    def wait_then_hold(name):
+        with lane.admitted(time.time() + 60):
+            admitted.append(name)
+            eventlet.sleep(0.05)
+
+    with lane.admitted(time.time() + 60):
+        oldest = eventlet.spawn(wait_then_hold, "oldest")
+        eventlet.sleep(0.01)  # it waits
+    # the slot was handed to the waiter as it was freed: a newcomer finds none
+    assert not lane._take(0)
+    oldest.wait()
+    assert admitted == ["oldest"]
+    assert (lane.in_flight, lane.waiting) == (0, 0)
+
+
+def test_a_waiter_killed_while_waiting_loses_no_slot():
+    lane = Lane("writes", limit=1, queue_seconds=5, max_waiting=10)
+    with lane.admitted(time.time() + 60):
+        waiter = held(lane, 0)
+        eventlet.sleep(0.01)
+        waiter.kill()
+        assert lane.waiting == 0
+    assert lane.in_flight == 0
+
+
 def test_a_request_never_waits_past_its_deadline():
     lane = Lane("reads", limit=1, queue_seconds=5, max_waiting=10)
     holder = held(lane, 1)
