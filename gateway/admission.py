@@ -64,7 +64,7 @@ class Lane:
         self.max_waiting = max_waiting
         self.in_flight = 0
         self._waiters: deque[Event] = deque()
-        self._in_flight = child(ADMISSION_IN_FLIGHT, name)
+        self._in_flight_gauge = child(ADMISSION_IN_FLIGHT, name)
         self._shed = child(ADMISSION_SHED, name)
 
     @property
@@ -78,11 +78,11 @@ class Lane:
         if not self._take(min(self.queue_seconds, deadline - time.time())):
             self._shed.inc()
             raise self.overloaded()
-        self._in_flight.inc()
+        self._in_flight_gauge.inc()
         try:
             yield
         finally:
-            self._in_flight.dec()
+            self._in_flight_gauge.dec()
             self._release()
 
     def _take(self, wait: float) -> bool:

@@ -139,11 +139,10 @@ class ProductsService(ShopService):
             requested = items
         request = load(reserve_stock_schema, {"order_ref": order_ref, "requested": requested})
         quantities = quantities_by_product(request["requested"])
-        with database_errors_as_unavailable():
-            hold = stock.with_hold_retry(
-                self.db.single_statements, stock.reserve, request["order_ref"], quantities
-            )
-            return reservation_schema.dump(hold)
+        hold = stock.with_hold_retry(  # single_statements: a database failure is a 503
+            self.db.single_statements, stock.reserve, request["order_ref"], quantities
+        )
+        return reservation_schema.dump(hold)
 
     @rpc
     def release_stock(self, order_ref: str) -> dict[str, Any]:
@@ -153,9 +152,8 @@ class ProductsService(ShopService):
         Returns the hold with ``"status": "released"``. Raises ServiceUnavailable (503).
         Idempotent: releasing twice returns the stock once.
         """
-        with database_errors_as_unavailable():
-            hold = stock.with_hold_retry(self.db.single_statements, stock.release, str(order_ref))
-            return reservation_schema.dump(hold)
+        hold = stock.with_hold_retry(self.db.single_statements, stock.release, str(order_ref))
+        return reservation_schema.dump(hold)
 
     @rpc
     def get_reservation(self, order_ref: str) -> dict[str, Any] | None:

@@ -5,8 +5,9 @@ row lock is ever held across a round trip to a client.
 Before, a reservation took its locks in one round trip, decided in Python and wrote in a
 third: a products process cut off from PostgreSQL between them (a partition) left the hot
 rows locked until ``idle_in_transaction_session_timeout``, and every order on those
-products waited behind it (docs/ARCHITECTURE.md, "Partitions"). Now the database holds a
-lock only while the function runs, whatever happens to the client.
+products waited behind it (docs/ARCHITECTURE.md, "Deadlines, admission control and
+rotation"). Now the database holds a lock only while the function runs, whatever happens
+to the client.
 
 Locking discipline (the same in both functions, so two transactions can never wait on
 each other in a cycle): product rows are locked with ``SELECT ... FOR UPDATE ORDER BY id``
