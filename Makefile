@@ -95,6 +95,21 @@ replica-down:  ## stop exactly the replica-up servers, by pid (never the default
 replica-status:  ## the pair's servers, replication state and replay lag
 	@$(PYTHON) scripts/pg_replica.py status
 
+backup-up:  ## a PostgreSQL primary (5442) under .run/pg-backup archiving its WAL to pgBackRest (.run/pgbackrest, stanza shop); prints the URIs for `make up`
+	@$(PYTHON) scripts/pg_backup.py up
+
+backup-down:  ## stop exactly the backup-up server, by pid (the repository is kept)
+	@$(PYTHON) scripts/pg_backup.py down
+
+backup:  ## pgBackRest backup of the backup-up primary: full the first time, incremental after (BACKUP_TYPE=full|diff|incr); prints its label
+	@$(PYTHON) scripts/pg_backup.py backup $(if $(BACKUP_TYPE),--type $(BACKUP_TYPE))
+
+restore:  ## point-in-time restore of the backup-up primary (`make down` first): make restore TARGET_TIME='2026-12-05 12:00:00+00'; without it, to the end of the archive
+	@$(PYTHON) scripts/pg_backup.py restore $(if $(TARGET_TIME),--target-time '$(TARGET_TIME)') $(if $(RESTORE_FORCE),--force)
+
+backup-status:  ## the backup-up primary, its WAL archiving and the repository's backups
+	@$(PYTHON) scripts/pg_backup.py status
+
 token: build  ## a local bearer JWT for AUTH_MODE=jwt: make token ROLE=admin, make token CUSTOMER=1
 	@$(MANAGE) token $(if $(ROLE),--role $(ROLE)) $(if $(CUSTOMER),--customer $(CUSTOMER))
 
