@@ -9,6 +9,9 @@ SUPERVISORCTL := $(BIN)/supervisorctl -c $(RUN)/supervisord.conf
 SEED_CUSTOMERS ?= 100
 SEED_PRODUCTS ?= 100
 PYTEST_ARGS ?=
+LATENCY_PNG ?= docs/latency-fixed-rate.png
+LATENCY_RESULT ?=
+PLOT_MATPLOTLIB ?= matplotlib==3.10.8
 
 .PHONY: build services setup migrate up down restart ps logs seed test test-faults lint coverage lock shell bench bench-check bench-overload bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
 
@@ -66,6 +69,15 @@ bench-check:  ## offline self-check of bench/ (imports every module; no stack, n
 bench-overload:  ## orders at 1x-16x the connections served, reads alongside: goodput, sheds, p50/p99 of admitted (`make up` first): BENCH_OVERLOAD_LEVELS=1,2,4,8,16
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
 	@$(BIN)/python bench/overload.py
+
+bench-latency:  ## latency at a fixed arrival rate, no coordinated omission: GET product and POST order at 0.5x/0.8x of the capacity wrk measures just before (`make up` first): BENCH_LATENCY_DURATION=15
+	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }
+	@bash bench/ensure-wrk.sh
+	@BENCH_ONLY=latency $(BIN)/python bench/run.py
+
+bench-latency-plot:  ## PNG of the newest fixed-rate run's percentile spectrum (matplotlib in $(RUN)/plot-venv, not in the lock): LATENCY_PNG=docs/latency-fixed-rate.png
+	@test -x $(RUN)/plot-venv/bin/python || { $(PYTHON) -m venv $(RUN)/plot-venv && $(RUN)/plot-venv/bin/pip install --quiet $(PLOT_MATPLOTLIB); }
+	@$(RUN)/plot-venv/bin/python bench/latency_plot.py $(LATENCY_RESULT) $(LATENCY_PNG)
 
 bench-scaling:  ## bench with 1, 2 and 4 products/orders processes (restarts the stack): BENCH_SCALING=1,2,4
 	@test -x $(BIN)/python || { echo "bench: no $(VENV): run \`make up\` first" >&2; exit 3; }

@@ -11,7 +11,13 @@
 * ``bench/data.py``      the data the scenarios need: the HTTP API (products, customers)
   and the products table (count, id samples, seeding through scripts/manage.py);
 * ``bench/scenarios.py`` the scenario table (ceiling, product read, lists, customers,
-  orders spread, orders hot with its oversell check, burst) and each one's setup;
+  orders spread, orders hot with its oversell check, burst, fixed rate) and each one's
+  setup;
+* ``bench/client.py``    the asyncio keep-alive HTTP/1.1 connection of the Python clients;
+* ``bench/openloop.py``  load at a fixed arrival rate, latency from the scheduled send
+  time in an HdrHistogram (no coordinated omission), and its closed-loop contrast; also
+  a standalone probe;
+* ``bench/latency.py``   scenario 8: capacity by wrk, then the open loop at fractions of it;
 * ``bench/report.py``    the result row, the machine line, the table with the ratios to
   the ceiling, the notes, the saved JSON;
 * ``bench/run.py``       the entry point: settings, preflight, the scenarios in order,
@@ -20,5 +26,6 @@
 
 The other tools are scripts of their own: ``scaling.py`` (`make bench-scaling`) and
 ``profile.py`` (`make profile`) run ``bench/run.py`` as a subprocess;
-``side_by_side.py``, ``reconciler.py`` and ``otlp_sink.py`` stand alone.
+``side_by_side.py``, ``reconciler.py``, ``otlp_sink.py``, ``overload.py`` and the plots
+(``plot.py``, ``latency_plot.py``: matplotlib, not in the lock) stand alone.
 """

@@ -1,7 +1,7 @@
 """The data `make bench` scenarios run on: ``Api`` prepares it through the gateway's HTTP
 API (products, customers; retried, since it must exist before a measurement), and
 ``Catalog`` looks at the products table (count, random id samples) and tops it up with
-``scripts/manage.py seed``.
+``scripts/manage.py seed``; ``write_ids`` hands ids to the wrk scripts.
 """
 
 import os
@@ -13,6 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from bench.settings import ROOT, HarnessError, products_db_uri
+
+
+def write_ids(workdir, name, ids):
+    """``ids`` one per line in ``workdir/name`` (what the wrk scripts read); its path."""
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write("\n".join(map(str, ids)) + "\n")
+    return path
 
 
 class Api:

@@ -25,65 +25,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.client import Connection  # noqa: E402
 from bench.data import Api  # noqa: E402
 from bench.report import machine_info  # noqa: E402
 from bench.scenarios import percentile  # noqa: E402
-from bench.settings import HOST, Settings, env_number  # noqa: E402
+from bench.settings import Settings, env_number  # noqa: E402
 
-ANSWER_TIMEOUT = 30.0
 READ_EVERY = 0.2
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection: ``request()`` returns (status, seconds)."""
-
-    def __init__(self, port):
-        self.port = port
-        self.reader = self.writer = None
-
-    async def request(self, method, path, body=b""):
-        started = time.monotonic()
-        for attempt in (1, 2):  # once more on a fresh connection if a kept one was closed
-            try:
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-                head = (
-                    f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                )
-                self.writer.write(head.encode() + body)
-                status = await asyncio.wait_for(self._answer(), ANSWER_TIMEOUT)
-                return status, time.monotonic() - started
-            except (OSError, asyncio.IncompleteReadError, ConnectionError):
-                self.close()
-                if attempt == 2:
-                    return None, time.monotonic() - started
-            except TimeoutError:
-                self.close()
-                return None, time.monotonic() - started
-        return None, time.monotonic() - started
-
-    async def _answer(self):
-        status_line = await self.reader.readline()
-        if not status_line:
-            raise ConnectionError("closed")
-        status = int(status_line.split()[1])
-        length, close = 0, False
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-            elif name.lower() == "connection" and value.strip().lower() == "close":
-                close = True
-        await self.reader.readexactly(length)
-        if close:
-            self.close()
-        return status
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
 
 
 async def run_level(ports, connections, seconds, order_body, product_id):

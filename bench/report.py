@@ -1,7 +1,7 @@
 """What `make bench` prints and keeps: the result ``Row`` of a scenario, the machine and
 settings lines at the start, the table (req/s, latency percentiles, errors, the ratio to
-the ceiling's req/s, the invariant), each row's notes (CPU per answer by component among
-them), and the JSON saved under ``.run/bench/``.
+the ceiling's req/s, the invariant), the fixed-rate rows' table (scenario 8), each row's
+notes (CPU per answer by component among them), and the JSON saved under ``.run/bench/``.
 """
 
 import datetime
@@ -121,11 +121,56 @@ def print_table(rows, ceiling_rps):
         )
 
 
+def is_fixed_rate(row):
+    """A row of the fixed-rate scenario (bench/latency.py), shown in a table of its own."""
+    return isinstance(row.raw, dict) and "fixed_rate" in row.raw
+
+
+def print_fixed_rate_table(rows):
+    """One line per (target, load): capacity (closed loop, just before), the rate asked
+    for, the send rate achieved, answers/s, p50/p99/p99.9/max from the scheduled send
+    time, errors, the client's CPU share of one core, and the machine's busy share with
+    the part of it taken by processes outside the stack and the bench."""
+    headers = ["fixed rate", "capacity/s", "rate/s", "sent/s", "answers/s"]
+    headers += ["p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "client CPU", "busy (others)"]
+    lines = []
+    for row in rows:
+        figures, latency = row.raw["fixed_rate"], row.raw["fixed_rate"]["latency_ms"]
+        lines.append(
+            [
+                f"{row.raw['target']} @ {row.raw['fraction']:.0%}",
+                fmt(row.raw["capacity"], ".1f"),
+                fmt(figures["rate"], ".1f"),
+                fmt(figures["achieved_send_rate"], ".1f"),
+                fmt(figures["answer_rate"], ".1f"),
+                *(fmt(latency[k], ".1f") for k in ("p50", "p99", "p99.9", "max")),
+                str(row.errors),
+                f"{figures['client_cpu_share']:.0%}",
+                f"{row.raw.get('machine_busy', 0):.0%} ({row.raw.get('others_cpu', 0):.0%})",
+            ]
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    for cells in [headers, None, *lines]:
+        if cells is None:
+            print("|" + "|".join(("-" * (w + 2)) for w in widths) + "|")
+            continue
+        out = [c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)]
+        print("| " + " | ".join(out) + " |")
+    print(
+        "(open loop: request i sent at start + i / rate whatever the answers; latency from "
+        "that scheduled time, HdrHistogram; sent/s below rate/s: the client fell behind)"
+    )
+
+
 def print_results(rows):
-    """The table, then every row's notes."""
+    """The table, the fixed-rate table if any, then every row's notes."""
     ceiling = next((r.rps for r in rows if r.key == "ceiling"), None)
     print()
-    print_table(rows, ceiling)
+    print_table([row for row in rows if not is_fixed_rate(row)], ceiling)
+    fixed_rate = [row for row in rows if is_fixed_rate(row)]
+    if fixed_rate:
+        print()
+        print_fixed_rate_table(fixed_rate)
     print()
     for row in rows:
         print(f"{row.label}:")

@@ -6,16 +6,19 @@ Run from the repository root with the project's virtualenv:
 
 It prepares data (through the HTTP API, and `scripts/manage.py seed` for the catalog), runs
 each scenario with wrk for a fixed time, with the Lua scripts of bench/lua, then a burst
-of new TCP connections from Python, and prints one table. Traffic goes to 127.0.0.1 only;
+of new TCP connections from Python, then latency at a fixed arrival rate (bench/latency.py:
+wrk's closed-loop capacity, then an open-loop Python client at fractions of it), and
+prints one table (and one of the fixed-rate rows). Traffic goes to 127.0.0.1 only;
 every run is bounded in time and stops by itself. See docs/BENCHMARKS.md.
 
 This file is the entry point only; the work is in the bench package beside it
 (bench/__init__.py lists its modules): settings, cpu, wrk, data, scenarios, report.
 
 Environment knobs (defaults in brackets):
-  BENCH_PROFILE      full: every scenario, 10 s each; quick: ceiling,by_id,orders,hot,
-                     5 s each (under a minute on 2 CPUs). It only sets the defaults of
-                     BENCH_ONLY and BENCH_DURATION [full]
+  BENCH_PROFILE      full: every scenario, 10 s each (fixed rate: 15 s a load); quick:
+                     ceiling,by_id,orders,hot,latency, 5 s each (about 1.5 minutes on 2
+                     CPUs). It only sets the defaults of BENCH_ONLY, BENCH_DURATION and
+                     BENCH_LATENCY_DURATION [full]
   BENCH_DURATION     seconds of load per scenario [10; quick: 5]
   BENCH_CONNECTIONS  wrk connections, spread evenly over the ports [50, rounded down to a
                      multiple of the threads: 48]
@@ -29,7 +32,12 @@ Environment knobs (defaults in brackets):
   BENCH_ORDER_PRODUCTS  products created for the spread-orders scenario [200]
   BENCH_BURST        simultaneous new connections of the burst check [500]
   BENCH_ONLY         comma-separated subset of: ceiling,by_id,list_small,list_big,customers,
-                     orders,hot,burst [all; quick: ceiling,by_id,orders,hot]
+                     orders,hot,burst,latency [all; quick: ceiling,by_id,orders,hot,latency]
+  BENCH_SKIP         scenarios taken out of BENCH_ONLY or the profile's (e.g. latency) [none]
+  BENCH_LATENCY_TARGETS   the fixed-rate scenario's requests: by_id,orders [both]
+  BENCH_LATENCY_LOADS     fractions of the capacity measured just before [0.5,0.8]
+  BENCH_LATENCY_DURATION  seconds of schedule per load [15; quick: 5]
+  BENCH_LATENCY_CONNECTIONS  the open-loop client's connection cap, over the ports [512]
   BENCH_PAUSE        seconds of rest between scenarios [1]
   BENCH_DEBUG        set: print the traceback of a harness error
 
@@ -144,9 +152,10 @@ def main():
             if key not in settings.only:
                 continue
             print(f"bench: {key} ...", flush=True)
-            row = run(ctx)
-            rows.append(row)
-            print(f"  {row.rps or 0:.1f} req/s, {row.errors} errors", flush=True)
+            result = run(ctx)
+            for row in result if isinstance(result, list) else [result]:
+                rows.append(row)
+                print(f"  {row.label}: {row.rps or 0:.1f} req/s, {row.errors} errors", flush=True)
             if settings.pause:
                 time.sleep(settings.pause)
     except HarnessError as exc:

@@ -3,19 +3,21 @@
 1 ceiling (``GET /api/ping``, or ``/health`` on an older gateway), 2 product read by id,
 3 first page of the catalog (>= BENCH_SMALL_CATALOG, >= BENCH_BIG_CATALOG), 4 customers,
 5 orders spread over BENCH_ORDER_PRODUCTS products, 6 orders on one hot product with the
-oversell check, 7 a burst of new connections (Python asyncio, not wrk).
+oversell check, 7 a burst of new connections (Python asyncio, not wrk), 8 latency at a
+fixed arrival rate (bench/latency.py).
 
 Each scenario takes the run's context (``settings``, ``workdir``, ``api`` and, for the
-catalog scenarios, ``catalog``) and returns a ``bench.report.Row``.
+catalog scenarios, ``catalog``) and returns a ``bench.report.Row`` (scenario 8: a list).
 """
 
 import asyncio
 import math
-import os
 import time
 
 import requests
 
+from bench.data import write_ids
+from bench.latency import scenario_latency
 from bench.report import Row
 from bench.settings import HOST
 from bench.wrk import run_wrk
@@ -216,14 +218,6 @@ def percentile(sorted_values, q):
     return sorted_values[index]
 
 
-def write_ids(workdir, name, ids):
-    """``ids`` one per line in ``workdir/name`` (what the wrk scripts read); its path."""
-    path = os.path.join(workdir, name)
-    with open(path, "w") as f:
-        f.write("\n".join(map(str, ids)) + "\n")
-    return path
-
-
 def short(n):
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
@@ -237,6 +231,7 @@ PLAN = (
     ("orders", scenario_orders),
     ("hot", scenario_hot),
     ("burst", scenario_burst),
+    ("latency", scenario_latency),  # a list of rows: capacities and fixed-rate rows
 )
 # The scenarios that read the products table directly (bench.data.Catalog).
-NEEDS_CATALOG = {"by_id", "list_small", "list_big"}
+NEEDS_CATALOG = {"by_id", "list_small", "list_big", "latency"}

@@ -22,8 +22,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PACKAGE = ("settings", "cpu", "wrk", "data", "scenarios", "report", "run", "summary")
-STANDALONE = ("scaling", "profile", "side_by_side", "reconciler", "otlp_sink")
+PACKAGE = (
+    "settings",
+    "cpu",
+    "wrk",
+    "data",
+    "client",
+    "openloop",
+    "latency",
+    "scenarios",
+    "report",
+    "run",
+    "summary",
+)
+STANDALONE = ("scaling", "profile", "side_by_side", "reconciler", "otlp_sink", "latency_plot")
 failures = []
 
 
@@ -120,9 +132,19 @@ def main():
     with environment(BENCH_PROFILE="quick"):
         quick = settings.Settings()
     check(
-        "BENCH_PROFILE=quick: ceiling, by_id, orders, hot at 5 s",
-        (quick.only, quick.duration) == (["ceiling", "by_id", "orders", "hot"], 5.0),
+        "BENCH_PROFILE=quick: ceiling, by_id, orders, hot, latency at 5 s",
+        (quick.only, quick.duration, quick.latency_duration)
+        == (["ceiling", "by_id", "orders", "hot", "latency"], 5.0, 5.0),
         f"{quick.only} {quick.duration}",
+    )
+    with environment(BENCH_SKIP="latency,burst"):
+        skipped = settings.Settings()
+    check(
+        "BENCH_SKIP takes scenarios out; fixed-rate defaults 0.5,0.8 of capacity, 15 s",
+        skipped.only == [k for k in settings.SCENARIOS if k not in ("latency", "burst")]
+        and (skipped.latency_loads, skipped.latency_duration) == ([0.5, 0.8], 15.0)
+        and skipped.latency_targets == ["by_id", "orders"],
+        f"{skipped.only}",
     )
     with environment(BENCH_PROFILE="quick", BENCH_ONLY="hot", BENCH_DURATION="3"):
         mixed = settings.Settings()
@@ -130,7 +152,14 @@ def main():
         "explicit BENCH_ONLY / BENCH_DURATION win over the profile",
         (mixed.only, mixed.duration) == (["hot"], 3.0),
     )
-    for bad in ({"BENCH_PROFILE": "fast"}, {"BENCH_ONLY": "ceiling,nope"}, {"BENCH_DURATION": "0"}):
+    for bad in (
+        {"BENCH_PROFILE": "fast"},
+        {"BENCH_ONLY": "ceiling,nope"},
+        {"BENCH_DURATION": "0"},
+        {"BENCH_SKIP": "nope"},
+        {"BENCH_LATENCY_LOADS": "0.5,x"},
+        {"BENCH_LATENCY_TARGETS": "ceiling"},
+    ):
         with environment(**bad):
             try:
                 settings.Settings()
@@ -222,6 +251,7 @@ def main():
     check("cpu: this process is the bench", snapshot["pids"][os.getpid()][0] == "bench")
 
     check_summary()
+    check_fixed_rate()
 
     help_run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--help"],
@@ -268,6 +298,59 @@ def check_summary():
         and table[3].startswith("| orders | 3 | 30.0 | 0.15 | 5.00 /")
         and "**5.00** (4.00-30.00)" in table[3],
         "\n" + "\n".join(table),
+    )
+
+
+def check_fixed_rate():
+    """bench/openloop.py on a local asyncio server (no stack): the schedule kept, every
+    latency counted from it, the histogram's figures and the fixed-rate table."""
+    import asyncio
+
+    from bench import openloop, report
+
+    async def serve_and_load():
+        async def answer(reader, writer):
+            try:
+                while await reader.readuntil(b"\r\n\r\n"):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                writer.close()  # the client closed its connections, or the loop ends
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await openloop.open_loop(
+                openloop.fixed("GET", "/", b""), [port], 200.0, 1.0, answer_timeout=5
+            )
+        finally:
+            server.close()
+
+    run = asyncio.run(serve_and_load())
+    figures = openloop.summarize(run)
+    check(
+        "open_loop: 200 requests due over 1 s, all sent on time and answered",
+        figures["scheduled"] == figures["answered"] == 200
+        and abs(figures["achieved_send_rate"] - 200) < 10
+        and all(o.sent >= o.due for o in run.outcomes),
+        f"sent at {figures['achieved_send_rate']}/s, lag {figures['send_lag_ms']}",
+    )
+    check(
+        "summarize: percentiles, spectrum up to 100 %, encoded histogram",
+        figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"] <= figures["latency_ms"]["max"]
+        and figures["spectrum"][-1] == [100.0, figures["latency_ms"]["max"]]
+        and figures["histogram"],
+        str(figures["latency_ms"]),
+    )
+    row = report.Row("latency_by_id_80", "8 fixed rate 80% of capacity: GET /x")
+    row.raw = {"fixed_rate": figures, "target": "GET /x", "capacity": 250.0, "fraction": 0.8}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        report.print_fixed_rate_table([row])
+    lines = out.getvalue().splitlines()
+    check(
+        "print_fixed_rate_table: header, rule, a line, the legend",
+        len(lines) == 4 and lines[0].startswith("| fixed rate") and "GET /x @ 80%" in lines[2],
+        "\n" + out.getvalue().rstrip(),
     )
 
 

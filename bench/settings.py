@@ -5,9 +5,14 @@ database is (config.yml read through ``common/config.py``, like the services' ow
 Profiles (``BENCH_PROFILE``) only change defaults; an explicit ``BENCH_ONLY`` or
 ``BENCH_DURATION`` still wins:
 
-* ``full`` (the default): every scenario, ``BENCH_DURATION`` 10 s each (about 2 minutes);
-* ``quick``: ceiling, product read by id, orders (spread) and hot product, 5 s each: under
-  a minute on a 2-CPU machine once the 1,000-product catalog exists.
+* ``full`` (the default): every scenario, ``BENCH_DURATION`` 10 s each, the fixed-rate
+  scenario ``BENCH_LATENCY_DURATION`` 15 s per load (about 4 minutes);
+* ``quick``: ceiling, product read by id, orders (spread), hot product and the fixed-rate
+  scenario, 5 s each (about 1.5 minutes on a 2-CPU machine once the 1,000-product catalog
+  exists).
+
+``BENCH_SKIP`` takes scenarios out of whatever ``BENCH_ONLY`` or the profile chose
+(``BENCH_SKIP=latency``: today's run without the fixed-rate scenario).
 """
 
 import os
@@ -19,11 +24,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LUA_DIR = os.path.join(ROOT, "bench", "lua")
 RESULTS_DIR = os.path.join(ROOT, ".run", "bench")
 HOST = "127.0.0.1"  # never anything else: the benchmark only loads this machine
-SCENARIOS = ("ceiling", "by_id", "list_small", "list_big", "customers", "orders", "hot", "burst")
+SCENARIOS = (
+    "ceiling",
+    "by_id",
+    "list_small",
+    "list_big",
+    "customers",
+    "orders",
+    "hot",
+    "burst",
+    "latency",
+)
 PROFILES = {
-    "full": {"only": SCENARIOS, "duration": 10.0},
-    "quick": {"only": ("ceiling", "by_id", "orders", "hot"), "duration": 5.0},
+    "full": {"only": SCENARIOS, "duration": 10.0, "latency_duration": 15.0},
+    "quick": {
+        "only": ("ceiling", "by_id", "orders", "hot", "latency"),
+        "duration": 5.0,
+        "latency_duration": 5.0,
+    },
 }
+# The fixed-rate scenario (bench/latency.py): what it loads, and at which fractions of the
+# capacity measured just before.
+LATENCY_TARGETS = ("by_id", "orders")
 
 
 class HarnessError(Exception):
@@ -41,6 +63,18 @@ def env_number(name, default, kind=float):
     if value <= 0:
         raise HarnessError(f"{name} must be positive")
     return value
+
+
+def env_list(name, default, kind):
+    """A comma-separated ``$name`` (else ``default``) as a list of ``kind``, each positive."""
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        values = [kind(part.strip()) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise HarnessError(f"{name}={raw!r} is not a list of {kind.__name__}") from None
+    if not values or (kind is not str and min(values) <= 0):
+        raise HarnessError(f"{name}={raw!r}: a comma-separated list of positive values")
+    return values
 
 
 class Settings:
@@ -73,11 +107,21 @@ class Settings:
         self.only = (
             [s.strip() for s in only.split(",") if s.strip()] if only else list(defaults["only"])
         )
-        unknown = set(self.only) - set(SCENARIOS)
+        skip = [s.strip() for s in os.environ.get("BENCH_SKIP", "").split(",") if s.strip()]
+        unknown = (set(self.only) | set(skip)) - set(SCENARIOS)
         if unknown:
             raise HarnessError(
-                f"BENCH_ONLY: unknown scenarios {sorted(unknown)}; known: {SCENARIOS}"
+                f"BENCH_ONLY/BENCH_SKIP: unknown scenarios {sorted(unknown)}; known: {SCENARIOS}"
             )
+        self.only = [key for key in self.only if key not in skip]
+        self.latency_duration = env_number("BENCH_LATENCY_DURATION", defaults["latency_duration"])
+        self.latency_loads = env_list("BENCH_LATENCY_LOADS", "0.5,0.8", float)
+        self.latency_targets = env_list("BENCH_LATENCY_TARGETS", ",".join(LATENCY_TARGETS), str)
+        if set(self.latency_targets) - set(LATENCY_TARGETS):
+            raise HarnessError(
+                f"BENCH_LATENCY_TARGETS: known targets are {', '.join(LATENCY_TARGETS)}"
+            )
+        self.latency_connections = env_number("BENCH_LATENCY_CONNECTIONS", 512, int)
         self.threads = min(self.threads, self.connections_asked)
         # wrk gives every thread connections // threads connections.
         self.connections = (self.connections_asked // self.threads) * self.threads
