@@ -139,6 +139,12 @@ lint: build  ## ruff (lint and format check) over the code, mypy over common/ an
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+alerts-check: build  ## promtool: check the alerting rules (deploy/prometheus/rules) and run their unit tests; the Kubernetes PrometheusRule up to date (docs/ALERTS.md)
+	@command -v promtool >/dev/null || { echo "no promtool: apt-get install prometheus (Debian ships /usr/bin/promtool)" >&2; exit 3; }
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.test.yml
+	$(BIN)/python scripts/prometheus_rule.py --check
+
 coverage: build services  ## line and branch coverage of the unit and e2e layers (the service processes included): report, and HTML in .run/coverage/html
 	rm -rf .run/coverage && mkdir -p .run/coverage
 	$(BIN)/coverage run -m pytest --ignore=tests/faults $(PYTEST_ARGS)

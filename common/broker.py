@@ -15,7 +15,9 @@ nothing then). Each probe is confirmed: one whose confirm does not come within
 :attr:`BrokerWatch.connected` is then False within about two seconds; a service's
 ``/ready`` says so (:mod:`common.ops_http`). :attr:`BrokerWatch.blocked` is what callers consult before publishing:
 :mod:`common.rpc` answers 503 ``service_unavailable`` with ``details.reason:
-"broker_blocked"`` instead of queueing work behind the alarm.
+"broker_blocked"`` instead of queueing work behind the alarm. The process's
+``shop_broker_blocked{service}`` gauge (:mod:`common.metrics`) follows it: 1 while
+blocked, 0 otherwise.
 
 The watch never delays its container: connecting is bounded, stopping closes the socket
 without a handshake, and a broken connection is replaced (with the URIs of
@@ -30,6 +32,8 @@ from amqp import Message
 from kombu import Connection
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import SharedExtension
+
+from common.metrics import BROKER_BLOCKED
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,11 @@ class BrokerWatch(SharedExtension):
         self.reason: str | None = None
         self._connection: Connection | None = None
         self._thread: Any = None  # eventlet's GreenThread
+        self._gauge: Any = None  # shop_broker_blocked of this container's service
+
+    def setup(self) -> None:
+        self._gauge = BROKER_BLOCKED.labels(self.container.service_name)
+        self._gauge.set(0)
 
     def start(self) -> None:
         self._thread = self.container.spawn_managed_thread(self._watch)
@@ -69,11 +78,17 @@ class BrokerWatch(SharedExtension):
         if not self.blocked:
             log.warning("RabbitMQ blocks publishers: %s", reason)
         self.blocked, self.reason = True, reason
+        self._show(1)
 
     def _on_unblocked(self):
         if self.blocked:
             log.warning("RabbitMQ accepts publishers again")
         self.blocked, self.reason = False, None
+        self._show(0)
+
+    def _show(self, value):
+        if self._gauge is not None:
+            self._gauge.set(value)
 
     def _watch(self):
         while True:

@@ -26,7 +26,8 @@ options (its own pool of ``max_workers``, ``statement_timeout``, a short
 ``connect_timeout``, and ``default_transaction_read_only``, so nothing can write there
 even if the URI names a primary by mistake), and ``db.read(query, complete)`` routes a
 read there with the primary as the fallback (:mod:`common.replica`). ``db.reading()``,
-``db.session`` and ``db.get_session()`` always use the primary.
+``db.session`` and ``db.get_session()`` always use the primary. The replica's replay lag
+is measured in the background every few seconds (:mod:`common.replica_lag`).
 """
 
 import logging
@@ -45,6 +46,7 @@ from sqlalchemy.orm import Session
 from common.errors import Reason, ServiceUnavailable
 from common.metrics import watch_pool
 from common.replica import ReplicaReads, always
+from common.replica_lag import ReplicaLagProbe
 from common.settings import settings_of
 from common.tracing import provider_for, records_spans, trace_statements
 
@@ -222,6 +224,7 @@ class Database(NamekoDatabase):
     ``db.read()``s either way (:class:`common.replica.ReplicaReads`)."""
 
     reads: ReplicaReads | None = None
+    lag_probe: ReplicaLagProbe | None = None  # with a replica: shop_db_replica_lag_seconds
     engine_options: dict  # set by nameko-sqlalchemy (untyped), extended in setup()
 
     def setup(self) -> None:
@@ -248,6 +251,12 @@ class Database(NamekoDatabase):
             ping_when_idle(engine, idle)
             if records_spans(provider):
                 trace_statements(engine, provider, service)
+            self.lag_probe = ReplicaLagProbe(
+                engine,
+                service,
+                autocommit_session,
+                timeout=settings.db_replica_timeout_ms / 1000,
+            )
         self.reads = ReplicaReads(
             engine,
             service,
@@ -255,6 +264,11 @@ class Database(NamekoDatabase):
             timeout=settings.db_replica_timeout_ms / 1000,
             retry_seconds=settings.db_replica_retry_seconds,
         )
+
+    def start(self) -> None:
+        super().start()
+        if self.lag_probe is not None:  # killed with the container's managed threads
+            self.container.spawn_managed_thread(self.lag_probe.run)
 
     def stop(self) -> None:
         self._dispose_reads()
@@ -265,6 +279,8 @@ class Database(NamekoDatabase):
         super().kill()
 
     def _dispose_reads(self):
+        if self.lag_probe is not None:
+            self.lag_probe.stop()
         if self.reads is not None:
             self.reads.dispose()
             self.reads = None

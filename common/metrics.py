@@ -42,7 +42,15 @@ line carries):
   ``primary`` (no replica configured, or it rests after a failure), ``fallback_miss``
   (the replica lacked the row or the page's end: replica lag) or ``fallback_error`` (it
   failed or timed out), and ``shop_db_replica_up{service}`` (1: reads go to the replica,
-  0: it rests after a failure; only with a replica configured; :mod:`common.replica`);
+  0: it rests after a failure; only with a replica configured; :mod:`common.replica`),
+  and ``shop_db_replica_lag_seconds{service}``: how far the replica's replay is behind
+  the WAL it received (0: caught up; NaN: it could not be asked), measured every few
+  seconds (:mod:`common.replica_lag`);
+* ``shop_broker_blocked{service}``: 1 while RabbitMQ blocks this process's publishers
+  (a memory or disk alarm; :class:`common.broker.BrokerWatch`), else 0;
+* ``shop_reconciler_oldest_hold_age_seconds{service}``: a products process's view of the oldest
+  hold still ``reserved`` (0: none), as of its reconciler's last tick and ageing since
+  (:mod:`products.reconcile`): a stopped reconciler shows as an ever older hold;
 * the shop: ``shop_orders_total{status,reason}`` (final status reached: ``confirmed``,
   ``rejected`` with the error code as ``reason``, ``failed``, ``cancelled``),
   ``shop_stock_units_reserved_total``, ``shop_stock_units_released_total{cause}``
@@ -150,6 +158,21 @@ DB_READS = Counter(
 DB_REPLICA_UP = Gauge(
     "shop_db_replica_up",
     "1 while reads go to the read replica, 0 while it rests after a failure.",
+    ["service"],
+)
+DB_REPLICA_LAG = Gauge(
+    "shop_db_replica_lag_seconds",
+    "Seconds the read replica's replay is behind (0: caught up; NaN: not measured).",
+    ["service"],
+)
+BROKER_BLOCKED = Gauge(
+    "shop_broker_blocked",
+    "1 while RabbitMQ blocks this process's publishers (a memory or disk alarm).",
+    ["service"],
+)
+OLDEST_HOLD_AGE = Gauge(
+    "shop_reconciler_oldest_hold_age_seconds",
+    "Age of the oldest stock hold still reserved, as of the reconciler's last tick (0: none).",
     ["service"],
 )
 

@@ -28,6 +28,10 @@ budget (one ``HOLD_CHECK_INTERVAL``) is spent. A batch is one transaction:
    locks product rows before the hold, and taking product locks while the batch holds
    hold locks would invert the lock order of :mod:`products.stock`.
 
+Each tick first reads the age of the oldest hold still ``reserved`` (the index's first
+entry): ``shop_reconciler_oldest_hold_age_seconds`` shows it, ageing between ticks
+(:class:`OldestHold`), so a reconciler that stopped ticking shows an ever older hold.
+
 A failure (orders down, the database busy) rolls the current batch back and ends the
 tick; the caller logs it (:mod:`common.ticks`). Earlier batches stay done; a hold whose
 release failed is stamped, so it is taken again one ``HOLD_CONFIRM_AGE`` later. Every
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from common.metrics import HOLDS_RELEASED
+from common.metrics import HOLDS_RELEASED, OLDEST_HOLD_AGE
 from common.settings import settings_of
 from products import stock
 from products.models import HoldStatus
@@ -79,6 +83,35 @@ SETTLE = text("""
 """)
 
 
+# The tick's fixed clock, and the age of the oldest reserved hold (NULL: none), read from
+# ix_order_holds_status_created's first entry.
+TICK_START = text("""
+    SELECT now() - make_interval(secs => :age),
+           (SELECT extract(epoch FROM now() - min(created_at)) FROM order_holds
+            WHERE status = :reserved)
+""")
+
+
+class OldestHold:
+    """The oldest reserved hold's age as last read (:meth:`saw`), ageing on ``clock``
+    since: :meth:`seconds` is what the gauge shows (0: there was none)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.age = None
+        self.seen_at = 0.0
+
+    def saw(self, age):
+        self.age, self.seen_at = (None if age is None else float(age)), self.clock()
+
+    def seconds(self):
+        return 0.0 if self.age is None else self.age + self.clock() - self.seen_at
+
+
+OLDEST_HOLD = OldestHold()  # this process's view, shown by the gauge at every scrape
+OLDEST_HOLD_AGE.labels("products").set_function(OLDEST_HOLD.seconds)
+
+
 @dataclass(frozen=True)
 class Settings:
     age: float  # HOLD_CONFIRM_AGE: a hold is looked at this old, then this long after a check
@@ -110,21 +143,23 @@ class Tally:
         return self.confirmed + self.released + self.left
 
 
-def reconcile(get_session, order_states, settings, clock=time.monotonic):
+def reconcile(get_session, order_states, settings, clock=time.monotonic, oldest=OLDEST_HOLD):
     """One tick: batches until no aged hold is due or ``settings.interval`` seconds are
     spent (see the module docstring). ``get_session()`` opens a session that commits on
-    exit (nameko-sqlalchemy's); ``order_states(refs)`` is the orders RPC. Returns a
-    :class:`Tally`. Raises what the database or the RPC raises, after rolling the current
-    batch back (earlier batches stay done)."""
+    exit (nameko-sqlalchemy's); ``order_states(refs)`` is the orders RPC; ``oldest``
+    (an :class:`OldestHold`) is told the oldest reserved hold's age at the tick's start.
+    Returns a :class:`Tally`. Raises what the database or the RPC raises, after rolling
+    the current batch back (earlier batches stay done)."""
     started = clock()
     tally = Tally()
     checked_before = None
     while True:
         with get_session() as session:
             if checked_before is None:  # the database's clock, fixed for the whole tick
-                checked_before = session.scalar(
-                    text("SELECT now() - make_interval(secs => :age)"), {"age": settings.age}
-                )
+                checked_before, oldest_age = session.execute(
+                    TICK_START, {"age": settings.age, "reserved": HoldStatus.RESERVED}
+                ).one()
+                oldest.saw(oldest_age)
             refs = session.scalars(
                 AGED_HOLDS,
                 {

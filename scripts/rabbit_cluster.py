@@ -44,6 +44,10 @@ INSTALLED_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 START_TIMEOUT = 120
 VHOST = "shop"
 USER = "shop"  # the vhost's only user; its password: RabbitCluster.password
+# `make cluster-up` node N: AMQP on AMQP_PORT_BASE + N; the rabbitmq_prometheus plugin's
+# /metrics on PROMETHEUS_PORT_BASE + N (scraped by `make up`: scripts/prometheus_conf.py).
+AMQP_PORT_BASE = 5700
+PROMETHEUS_PORT_BASE = 15800
 # Schedulers that sleep instead of spinning: several nodes share two cores with the stack.
 ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
@@ -56,13 +60,23 @@ def tool(name):
 class RabbitNode:
     """One node: ``start()`` (idempotent), ``stop()`` by pid, ``ctl(*args)``."""
 
-    def __init__(self, base_dir, nodename, port, dist_port, management_port=None, cookie=None):
+    def __init__(
+        self,
+        base_dir,
+        nodename,
+        port,
+        dist_port,
+        management_port=None,
+        cookie=None,
+        prometheus_port=None,
+    ):
         self.base_dir = os.path.abspath(base_dir)
         self.nodename = nodename
         self.port = port
         self.dist_port = dist_port
         self.management_port = management_port
         self.cookie = cookie
+        self.prometheus_port = prometheus_port  # rabbitmq_prometheus's /metrics, if set
 
     def uri(self, user, password, vhost=""):
         return f"pyamqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
@@ -102,13 +116,18 @@ class RabbitNode:
 
     def _write_files(self):
         os.makedirs(self.base_dir, exist_ok=True)
-        plugins = "[rabbitmq_management]" if self.management_port else "[]"
+        plugins = ["rabbitmq_management"] if self.management_port else []
+        plugins += ["rabbitmq_prometheus"] if self.prometheus_port else []
         with open(os.path.join(self.base_dir, "enabled_plugins"), "w") as stream:
-            stream.write(f"{plugins}.\n")
+            stream.write(f"[{','.join(plugins)}].\n")
         with open(os.path.join(self.base_dir, "rabbitmq.conf"), "w") as stream:
             if self.management_port:
                 stream.write(
                     f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+                )
+            if self.prometheus_port:
+                stream.write(
+                    f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
                 )
         if self.cookie:
             path = os.path.join(self.base_dir, ".erlang.cookie")
@@ -336,17 +355,19 @@ def installed_cookie():
 
 
 def make_cluster(run_dir, count=3):
-    """The `make cluster-up` cluster: ``shop-rabbit-N@localhost`` on 570N / 1570N / 2570N."""
+    """The `make cluster-up` cluster: ``shop-rabbit-N@localhost`` on 570N / 1570N / 2570N,
+    Prometheus metrics on 1580N."""
     cookie = installed_cookie() or "shop-cluster-cookie"
     return RabbitCluster(
         [
             RabbitNode(
                 os.path.join(run_dir, f"rabbitmq-{n}"),
                 f"shop-rabbit-{n}@localhost",
-                port=5700 + n,
+                port=AMQP_PORT_BASE + n,
                 dist_port=25700 + n,
                 management_port=15700 + n,
                 cookie=cookie,
+                prometheus_port=PROMETHEUS_PORT_BASE + n,
             )
             for n in range(1, count + 1)
         ]

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from common import admin, broker_permissions
 from common.config import ROOT
+from scripts import prometheus_rule
 from tests.deploy_commands import check_command, tool
 
 K8S = os.path.join(ROOT, "deploy", "k8s")
@@ -34,9 +35,14 @@ NAMESPACE = "shop"
 # The oldest Kubernetes the manifests need (matchLabelKeys in a topology spread, enabled
 # by default from 1.27; unhealthyPodEvictionPolicy from 1.27) and a recent one.
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
-# The operators' objects (RabbitmqCluster; CloudNativePG's Cluster and Database): no
-# schema here, test_operator_objects checks the fields we rely on.
-OPERATOR_API_VERSIONS = {"rabbitmq.com/v1beta1", "postgresql.cnpg.io/v1"}
+# The operators' objects (RabbitmqCluster; CloudNativePG's Cluster and Database; the
+# Prometheus Operator's PrometheusRule): no schema here, test_operator_objects and
+# test_the_prometheus_rule_is_the_repository_s_rule_files check the fields we rely on.
+OPERATOR_API_VERSIONS = {
+    "rabbitmq.com/v1beta1",
+    "postgresql.cnpg.io/v1",
+    "monitoring.coreos.com/v1",
+}
 # supervisord's stopwaitsecs, under which `make down` is tested, and a gateway's drain:
 # its longest call bound (ORDERS_RPC_TIMEOUT, 20 s) + 1 s.
 STOP_WAIT_SECONDS = 45
@@ -557,6 +563,28 @@ def test_operator_objects():
                 ), where(workload, container)
                 seen.add(url.database)
     assert seen == databases == {f"shop_{service}" for service in uri_variables}
+
+
+def test_the_prometheus_rule_is_the_repository_s_rule_files():
+    """One source for the alerting rules: the operators overlay applies a PrometheusRule
+    whose groups are exactly deploy/prometheus/rules/*.yml (the committed manifest is
+    what scripts/prometheus_rule.py writes), in the shop's namespace."""
+    with open(prometheus_rule.MANIFEST) as stream:
+        assert stream.read() == prometheus_rule.render(), (
+            "deploy/k8s/overlays/operators/prometheus-rule.yaml is out of date: run "
+            "python scripts/prometheus_rule.py"
+        )
+    (rule,) = of_kind(render("operators"), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["spec"]["groups"] == prometheus_rule.rule_groups()
+    names = [group["name"] for group in rule["spec"]["groups"]]
+    assert len(names) == len(set(names)) and len(names) >= 2, names
+    for group in rule["spec"]["groups"]:
+        for item in group["rules"]:
+            assert set(item) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+            assert ("alert" in item) != ("record" in item), item
+    assert of_kind(render("external"), "PrometheusRule") == []
 
 
 # --- least privilege in PostgreSQL (one role per service) ----------------------------------

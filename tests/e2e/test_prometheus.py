@@ -8,6 +8,7 @@ moments, each read after a scrape that started once the shop was quiet (see
 :meth:`Prometheus.settled`).
 """
 
+import glob
 import math
 import os
 import shutil
@@ -19,7 +20,7 @@ import requests
 import yaml
 
 from scripts.processes import free_port
-from scripts.prometheus_conf import render
+from scripts.prometheus_conf import RULES_GLOB, render
 from tests.e2e.test_order_lifecycle import setup_shop
 
 SCRAPE_INTERVAL = "1s"
@@ -278,3 +279,50 @@ def test_prometheus_scrapes_every_process_and_counts_what_was_ordered(stack, api
         f"delta {median * 1000:.1f} ms (bound {bound}); whole history "
         f"{whole_history * 1000:.1f} ms"
     )
+
+
+def test_prometheus_loads_and_evaluates_the_alerting_rules(stack, prometheus):
+    """The configuration `make up` writes loads every rule group of deploy/prometheus/rules/
+    (docs/ALERTS.md); after an evaluation none is in error, and the shop-side gauges the
+    infrastructure alerts read are scraped from every service (no RabbitMQ job here: the
+    stack's broker is not a `make cluster-up` node)."""
+    expected, count = set(), 0
+    for path in glob.glob(RULES_GLOB):
+        with open(path) as stream:
+            for group in yaml.safe_load(stream)["groups"]:
+                expected.add(group["name"])
+                count += len(group["rules"])
+    deadline = time.monotonic() + SCRAPE_DEADLINE
+    while True:
+        groups = prometheus.api("rules")["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        evaluated = all(rule.get("lastEvaluation", "").startswith("20") for rule in rules)
+        if {group["name"] for group in groups} == expected and evaluated:
+            break
+        assert time.monotonic() < deadline, (
+            f"rule groups {sorted(group['name'] for group in groups)}, expected "
+            f"{sorted(expected)}; {prometheus.log_tail()}"
+        )
+        time.sleep(0.2)
+    assert [(rule["name"], rule["lastError"]) for rule in rules if rule["health"] != "ok"] == []
+    assert len(rules) == count
+    while not (targets := prometheus.targets()):  # discovered a moment after the start
+        assert time.monotonic() < deadline, f"no target; {prometheus.log_tail()}"
+        time.sleep(0.2)
+    assert {target["labels"]["job"] for target in targets} == {"shop"}
+
+    services = set(stack.metrics_targets)
+    while True:
+        now = time.time()
+        blocked = {
+            labels["service"]: value
+            for labels, value in prometheus.query("max by (service) (shop_broker_blocked)", now)
+        }
+        if set(blocked) == services:
+            break
+        assert time.monotonic() < deadline, blocked
+        time.sleep(0.2)
+    assert set(blocked.values()) == {0.0}, blocked
+    hold_age = prometheus.query("shop_reconciler_oldest_hold_age_seconds", time.time())
+    assert {labels["service"] for labels, _ in hold_age} == {"products"}, hold_age
+    assert len(hold_age) == len(stack.metrics_targets["products"]), hold_age
