@@ -47,6 +47,9 @@ down:  ## stop everything `make up` started
 
 restart: down up
 
+upgrade: build  ## rolling upgrade of the running stack to this code: expand migrations, then each process restarted in turn (orders, products, customers, gateways), each waited for until ready
+	@$(MANAGE) upgrade --run-dir $(RUN)
+
 ps:  ## process status, and each process's HTTP address (probes, metrics)
 	@$(SUPERVISORCTL) status || true
 	@$(MANAGE) ports

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import Engine, make_url
@@ -205,13 +205,66 @@ def compare_heads(script: ScriptDirectory, current: Iterable[str]) -> str:
     return "current" if current == set(script.get_heads()) else "behind"
 
 
-def schema_state(service: str, uri: str) -> str:
-    """:func:`compare_heads` for ``service``'s database at ``uri`` (reads, never writes)."""
-    script = ScriptDirectory.from_config(alembic_config(service, uri))
+def current_revisions(uri: str) -> tuple[str, ...]:
+    """The Alembic revisions the database at ``uri`` is at (empty: never migrated)."""
     engine = create_engine(uri, poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_heads()
+            return tuple(MigrationContext.configure(connection).get_current_heads())
     finally:
         engine.dispose()
-    return compare_heads(script, current)
+
+
+def schema_state(service: str, uri: str) -> str:
+    """:func:`compare_heads` for ``service``'s database at ``uri`` (reads, never writes)."""
+    script = ScriptDirectory.from_config(alembic_config(service, uri))
+    return compare_heads(script, current_revisions(uri))
+
+
+# -- expand / contract (docs/DEPLOY.md, "Migrations: expand, then contract") --
+EXPAND = "expand"  # adds only: the previous release's code runs on the result
+CONTRACT = "contract"  # removes or narrows what only an older release used
+PHASES = (EXPAND, CONTRACT)
+
+
+def migration_phase(revision: Script) -> str:
+    """The ``PHASE`` an Alembic revision's module declares, ``"expand"`` or
+    ``"contract"``; ValueError if it declares none (every migration must)."""
+    phase = getattr(revision.module, "PHASE", None)
+    if phase not in PHASES:
+        raise ValueError(f"{revision.path}: PHASE must be one of {PHASES}, not {phase!r}")
+    return phase
+
+
+def pending_revisions(script: ScriptDirectory, current: Iterable[str]) -> list[Script]:
+    """The revisions an upgrade to head applies to a database at ``current`` (empty:
+    never migrated), oldest first. The histories are linear (one head per service)."""
+    lower = list(current) or ["base"]
+    if len(lower) > 1 or len(script.get_heads()) > 1:
+        raise ValueError("expand/contract phases need one linear history per service")
+    return list(reversed(list(script.iterate_revisions("heads", lower[0]))))
+
+
+def phase_target(script: ScriptDirectory, current: Iterable[str], phase: str) -> str | None:
+    """Where ``migrate --phase`` takes a database at ``current``: for ``"contract"`` the
+    head; for ``"expand"`` the last pending revision before the first pending contract
+    (what the new release's code needs, and the previous release's still runs on).
+    None: nothing to apply."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+    target = None
+    for revision in pending_revisions(script, current):
+        if phase == EXPAND and migration_phase(revision) == CONTRACT:
+            break
+        target = revision.revision
+    return target
+
+
+def migrate_phase(service: str, uri: str, phase: str) -> str | None:
+    """Alembic upgrade of ``service``'s database at ``uri`` to :func:`phase_target`;
+    returns the revision it now is at, or None if nothing was pending."""
+    config = alembic_config(service, uri)
+    target = phase_target(ScriptDirectory.from_config(config), current_revisions(uri), phase)
+    if target is not None:
+        command.upgrade(config, target)
+    return target

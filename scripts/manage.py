@@ -46,14 +46,49 @@ def cmd_setup(args, config):
 
 
 def cmd_migrate(args, config):
+    """Alembic upgrade of each database: to head, or with ``--phase expand`` to the last
+    revision before the first pending contract (docs/DEPLOY.md, "Migrations: expand,
+    then contract")."""
     for service, uri in database_uris(config).items():
         if args.allow_ahead and admin.schema_state(service, uri) == "ahead":
             # Newer code migrated it: this is a rollback, and expand-then-contract
             # migrations let older code run on the newer schema (docs/DEPLOY.md).
             print(f"{service}: migrated by newer code, left as it is")
             continue
-        admin.migrate(service, uri)
-        print(f"{service}: migrated to head")
+        if args.phase is None:
+            admin.migrate(service, uri)
+            print(f"{service}: migrated to head")
+            continue
+        revision = admin.migrate_phase(service, uri, args.phase)
+        where = "nothing pending" if revision is None else f"migrated to {revision}"
+        print(f"{service}: {args.phase} phase, {where}")
+
+
+def cmd_upgrade(args, config):
+    """A rolling upgrade of the running `make up` stack to this code (scripts/upgrade.py):
+    the expand migrations, then each supervisord program restarted in turn, each waited
+    for until it is ready. The contract migrations are left to the operator."""
+    from functools import partial
+
+    from scripts import upgrade
+
+    args.phase, args.allow_ahead = admin.EXPAND, False
+    cmd_migrate(args, config)
+    supervisorctl = [
+        os.path.join(os.path.dirname(sys.executable), "supervisorctl"),
+        "-c",
+        os.path.join(args.run_dir, "supervisord.conf"),
+    ]
+    try:
+        upgrade.roll(
+            upgrade.supervisor_steps(config),
+            partial(upgrade.supervisor_restart, supervisorctl),
+            partial(upgrade.wait_answering, timeout=args.timeout),
+        )
+    except RuntimeError as exc:
+        sys.exit(f"upgrade: {exc} (see `make logs`)")
+    print("every process runs this code; contract migrations, if any, once no process of")
+    print("the previous release can come back: python scripts/manage.py migrate --phase contract")
 
 
 def cmd_seed(args, config):
@@ -237,7 +272,23 @@ def build_parser():
         action="store_true",
         help="leave a database migrated by newer code as it is (a rollback), not fail",
     )
+    migrate.add_argument(
+        "--phase",
+        choices=admin.PHASES,
+        help="expand: up to the first pending contract migration (the running release "
+        "keeps working); contract: to head (default: head)",
+    )
     migrate.set_defaults(func=cmd_migrate)
+    upgrade = sub.add_parser(
+        "upgrade",
+        help="rolling upgrade of the running `make up` stack: expand migrations, then "
+        "each process restarted in turn (orders, products, customers, gateways)",
+    )
+    upgrade.add_argument("--run-dir", default=os.path.join(ROOT, ".run"))
+    upgrade.add_argument(
+        "--timeout", type=float, default=60, help="seconds each process has to be ready"
+    )
+    upgrade.set_defaults(func=cmd_upgrade)
     seed = sub.add_parser("seed", help="fake customers and products (faker)")
     seed.add_argument("--customers", type=int, default=100)
     seed.add_argument("--products", type=int, default=100)

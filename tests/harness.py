@@ -22,7 +22,14 @@ from common.config import ROOT
 from common.registry import SERVICE_CLASSES
 from scripts.processes import free_port, free_port_block, process_alive
 from scripts.readiness import wait_until_ready
-from scripts.supervisor import metrics_targets, write_supervisor_conf
+from scripts.supervisor import (
+    HEADER,
+    PRIORITY,
+    PROGRAM,
+    STOP_WAIT_SECONDS,
+    metrics_targets,
+    write_supervisor_conf,
+)
 
 START_TIMEOUT = 60
 
@@ -200,6 +207,74 @@ class Stack:
             self.supervisord.kill()
             self.supervisord.wait()
         self.supervisord = None
+
+
+def program(name, kind, root, run_dir, env=None):
+    """A supervisord ``[program:<name>]`` running one ``kind`` process (a service, or
+    ``gateway``) of the code checked out at ``root`` (this checkout, or a release's git
+    worktree), as `make up` runs it (scripts/supervisor.py's template): ``nameko run``
+    in ``root`` with ``root`` first on PYTHONPATH and ``root``'s config.yml, the
+    environment of supervisord plus ``env`` (e.g. ``OPS_HTTP_ADDRESS``,
+    ``WEB_SERVER_ADDRESS``). Its process is ``<name>-0``, logging to
+    ``<run_dir>/logs/<name>-0.log``."""
+    extra_env = "".join(f',{key}="{value}"' for key, value in (env or {}).items())
+    return PROGRAM.format(
+        name=name,
+        module=SERVICE_CLASSES[kind],
+        processes=1,
+        extra_env=extra_env,
+        priority=PRIORITY.get("gateways" if kind == "gateway" else kind, 700),
+        stopwaitsecs=STOP_WAIT_SECONDS,
+        nameko=os.path.join(os.path.dirname(sys.executable), "nameko"),
+        root=root,
+        run=run_dir,
+    )
+
+
+class ProgramStack(Stack):
+    """supervisord running the programs a test adds one by one (:func:`program`: any
+    mix of code directories), for a test that replaces processes itself (the rolling
+    upgrade). Starts with none; :meth:`add` starts a program, :meth:`stop_program` stops
+    one gracefully. ``with ProgramStack(env, run_dir) as stack:`` always shuts it down
+    (SIGTERM to every program still running, as `make down`)."""
+
+    def __init__(self, env, run_dir):
+        self.env = env
+        self.run_dir = run_dir
+        os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+        self.conf = os.path.join(run_dir, "supervisord.conf")
+        with open(self.conf, "w") as stream:
+            stream.write(HEADER.format(run=run_dir))
+        self.supervisord = None
+
+    def start(self):
+        """supervisord, answering supervisorctl (within START_TIMEOUT)."""
+        self.supervisord = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "supervisord"), "--nodaemon"]
+            + ["-c", self.conf],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.ctl("pid").isdigit():
+            assert time.monotonic() < deadline, f"supervisord did not start: {self.run_dir}"
+            time.sleep(0.2)
+
+    def add(self, name, section):
+        """Append ``section`` (a ``[program:<name>]``) to the configuration and start it
+        (supervisord's ``reread`` + ``add``); returns once it is spawned (wait for its
+        readiness probe)."""
+        with open(self.conf, "a") as stream:
+            stream.write(section)
+        self.ctl("reread")
+        added = self.ctl("add", name)
+        assert "ERROR" not in added, f"{name}: {added}"
+
+    def stop_program(self, name):
+        """SIGTERM ``name``'s process (a graceful stop) and wait until it has exited;
+        returns supervisorctl's answer."""
+        return self.ctl("stop", f"{name}:*")
 
 
 def books(engines):

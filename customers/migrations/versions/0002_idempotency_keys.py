@@ -8,6 +8,9 @@ from alembic import op
 
 revision = "0002"
 down_revision = "0001"
+# docs/DEPLOY.md, "Migrations: expand, then contract": nullable columns, unique: older code
+# writes NULLs
+PHASE = "expand"
 branch_labels = None
 depends_on = None
 

@@ -9,6 +9,10 @@ from sqlalchemy.dialects import postgresql
 
 revision = "0002"
 down_revision = "0001"
+# docs/DEPLOY.md, "Migrations: expand, then contract": orders.requested is NOT NULL without a
+# default, so older code's INSERT fails (before the rule; now an expand would add it nullable
+# and a contract of a later release make it NOT NULL)
+PHASE = "contract"
 branch_labels = None
 depends_on = None
 

@@ -8,6 +8,8 @@ from alembic import op
 
 revision = "0003"
 down_revision = "0002"
+# docs/DEPLOY.md, "Migrations: expand, then contract": a new table, filled from orders
+PHASE = "expand"
 branch_labels = None
 depends_on = None
 

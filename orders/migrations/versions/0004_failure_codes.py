@@ -12,6 +12,9 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
+# docs/DEPLOY.md, "Migrations: expand, then contract": removes the exc_path that older code
+# reads from a stored failure (before the rule)
+PHASE = "contract"
 branch_labels = None
 depends_on = None
 

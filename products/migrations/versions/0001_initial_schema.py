@@ -14,6 +14,8 @@ import sqlalchemy as sa
 # revision identifiers, used by Alembic.
 revision: str = '0001'
 down_revision: Union[str, Sequence[str], None] = None
+# docs/DEPLOY.md, "Migrations: expand, then contract": new tables only
+PHASE = "expand"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

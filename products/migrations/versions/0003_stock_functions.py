@@ -12,6 +12,8 @@ from alembic import op
 
 revision = "0003"
 down_revision = "0002"
+# docs/DEPLOY.md, "Migrations: expand, then contract": new functions only
+PHASE = "expand"
 branch_labels = None
 depends_on = None
 
