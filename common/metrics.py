@@ -190,7 +190,7 @@ IDEMPOTENT_REPLAYS = Counter(
 )
 ORDERS_RECOVERED = Counter(
     "shop_orders_recovered",
-    "Pending orders resolved by recovery, by final status.",
+    "Orders settled by recovery (pending ones resolved, cancelling ones cancelled), by final status.",
     ["status"],
 )
 HOLDS_RELEASED = Counter(

@@ -12,6 +12,12 @@ Safety of each step when repeated:
 * ``products.reserve_stock(order_ref, ...)`` is idempotent on ``order_ref`` and answers
   ``released`` once the order was fenced, so a stale or replayed call reserves nothing;
 * ``products.release_stock(order_ref)`` is idempotent and fences the order;
+* a cancel is a saga of its own, with a durable intent: the order is committed
+  ``cancelling`` (:func:`begin_cancel`) before products gives its stock back, then marked
+  ``cancelled`` (:func:`finish_cancel`, under the row lock again). If anything interrupts
+  it in between (the process killed, its database transaction lost, a restore landing
+  between the two commits), the order says so: a retry of the cancel, or recovery, runs
+  :func:`finish_cancel` again (the release is idempotent);
 * the status changes are guarded by the row lock; an order leaves ``pending`` once per
   attempt: a ``failed`` order (it never held stock: its reservation was fenced after an
   answer went missing) is placed again by a retry with its key (:func:`reopen`), under a
@@ -27,6 +33,7 @@ from common.errors import (
     InsufficientStock,
     NotFound,
     OrderFailed,
+    OrderNotCancellable,
     ServiceUnavailable,
     ShopError,
     ValidationError,
@@ -129,9 +136,35 @@ def recover(order, products):
     fail(order, (order.failure or {}).get("error", "unknown"))
 
 
+def begin_cancel(order):
+    """Record the intent to cancel ``order``: a ``confirmed`` order becomes ``cancelling``
+    (the caller commits that before any stock is given back). Returns whether the cancel
+    still has to be finished (:func:`finish_cancel`): False for an order already
+    ``cancelled``. Raises OrderNotCancellable (409) for any other status."""
+    if order.status == OrderStatus.CANCELLED:
+        return False
+    if order.status == OrderStatus.CONFIRMED:
+        order.status = OrderStatus.CANCELLING
+    elif order.status != OrderStatus.CANCELLING:
+        raise OrderNotCancellable(
+            f"order {order.id} is {order.status}; only a confirmed order can be cancelled",
+            {"order_id": order.id, "status": order.status},
+        )
+    return True
+
+
+def finish_cancel(order, products):
+    """Give a ``cancelling`` order's stock back (``products.release_stock``, idempotent:
+    done before, it gives nothing twice) and mark it ``cancelled``. Raises what products
+    raises: the order stays ``cancelling`` for a retry or the next recovery."""
+    products.release_stock(order.order_ref)
+    order.status = OrderStatus.CANCELLED
+
+
 def outcome_error(order):
-    """The error a client gets for an order that is not confirmed (None if it is)."""
-    if order.status in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED):
+    """The error a client gets for an order that is not confirmed (None if it is, or was
+    and is being or has been cancelled)."""
+    if order.status in (OrderStatus.CONFIRMED, OrderStatus.CANCELLING, OrderStatus.CANCELLED):
         return None
     record = order.failure or error_record(ServiceUnavailable())
     if order.status == OrderStatus.PENDING:

@@ -13,12 +13,16 @@ class Base(DeclarativeBase):
 
 
 class OrderStatus:
-    """``pending -> confirmed | rejected | failed``, and ``confirmed -> cancelled``."""
+    """``pending -> confirmed | rejected | failed``, and ``confirmed -> cancelling ->
+    cancelled`` (the cancel saga of :mod:`orders.flow`)."""
 
     PENDING = "pending"  # outcome not known yet: recovery or a retry resolves it
     CONFIRMED = "confirmed"  # stock reserved, order recorded
     REJECTED = "rejected"  # refused for good: unknown customer/product, no stock
     FAILED = "failed"  # could not be completed; its stock (if any) was released
+    # a cancel is under way: committed before products gives the stock back; a retry of
+    # the cancel, or recovery, finishes it
+    CANCELLING = "cancelling"
     CANCELLED = "cancelled"  # was confirmed; its stock was given back
 
 
@@ -49,6 +53,7 @@ class Order(Base):
 
     __table_args__ = (
         Index("ix_orders_pending", "updated_at", postgresql_where=text("status = 'pending'")),
+        Index("ix_orders_cancelling", "updated_at", postgresql_where=text("status = 'cancelling'")),
     )
     __mapper_args__ = {"eager_defaults": True}
 

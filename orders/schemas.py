@@ -40,9 +40,11 @@ class FailureSchema(Schema):
 
 
 class OrderSchema(Schema):
-    """An order. ``status``: pending | confirmed | rejected | failed | cancelled; ``total``
-    is null and ``lines`` empty until it is confirmed; ``failure`` is set on a pending,
-    rejected or failed order."""
+    """An order. ``status``: pending | confirmed | rejected | failed | cancelling |
+    cancelled (``cancelling``: a cancel is under way, its stock being given back; a retry
+    of the cancel or recovery makes it ``cancelled``); ``total`` is null and ``lines``
+    empty until it is confirmed; ``failure`` is set on a pending, rejected or failed
+    order."""
 
     id = fields.Integer()
     customer_id = fields.Integer()

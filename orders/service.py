@@ -15,6 +15,10 @@ If the commit fails after stock was reserved, the reservation is released. If th
 dies before the commit, the transaction (and the order row) vanishes and products' own
 reconciler gives the stock back (orders does not know the ``order_ref``). A pending order
 is resolved by a client retry with the same key, or by :meth:`recover_pending_orders`.
+
+``cancel_order`` is a saga with a durable intent (:func:`orders.flow.begin_cancel`): the
+order is committed ``cancelling`` before products gives its stock back, and a cancel cut
+short is finished by its retry or by the same recovery timer.
 """
 
 import logging
@@ -43,7 +47,7 @@ from common.settings import settings_of
 from common.ticks import retried_at_next_tick
 from common.timer import config_timer
 from orders import flow
-from orders.exceptions import OrderNotCancellable, OrderNotFound
+from orders.exceptions import OrderNotFound
 from orders.models import Base, KnownCustomer, Order, OrderLine, OrderStatus
 from orders.schemas import CreateOrderSchema, OrderSchema
 
@@ -299,27 +303,31 @@ class OrdersService(ShopService):
 
     @rpc
     def cancel_order(self, order_id: int) -> dict[str, Any]:
-        """Cancel a confirmed order and give its stock back.
+        """Cancel a confirmed order and give its stock back: the saga of
+        :func:`orders.flow.begin_cancel` and :func:`orders.flow.finish_cancel`.
 
-        Returns the order, ``status: cancelled``. Raises OrderNotFound (404),
-        OrderNotCancellable (409, the order is not confirmed), ServiceUnavailable (503) /
-        GatewayTimeout (504) if products could not release: the order stays confirmed.
-        Idempotent: cancelling a cancelled order returns it unchanged.
+        Two transactions, each under the order's row lock: the first commits the order
+        ``cancelling`` (the durable intent), the second releases its stock at products and
+        marks it ``cancelled``. Returns the order, ``status: cancelled``. Raises
+        OrderNotFound (404), OrderNotCancellable (409: the order is neither confirmed nor
+        being cancelled), ServiceUnavailable (503) / GatewayTimeout (504) when products
+        could not release or the database failed: the order is then ``cancelling`` (or
+        still ``confirmed`` if the first commit failed), and a retry, or the recovery
+        timer once it is ``RECOVERY_AGE`` old, finishes it. Idempotent: cancelling a
+        ``cancelling`` order finishes it, a ``cancelled`` one returns it unchanged.
         """
-        with database_errors_as_unavailable(), self.db.get_session() as session:
-            order = self._get(session, order_id, lock=True)
-            if order.status == OrderStatus.CANCELLED:
+        with database_errors_as_unavailable():
+            with self.db.get_session() as session:  # commits the intent
+                order = self._get(session, order_id, lock=True)
+                if not flow.begin_cancel(order):
+                    return order_schema.dump(order)
+            with self.db.get_session() as session:
+                order = self._get(session, order_id, lock=True)
+                if order.status == OrderStatus.CANCELLING:  # else a retry or recovery did it
+                    flow.finish_cancel(order, self.products)
+                    session.flush()
+                    count_on_commit(session, ORDERS.labels(*settled_labels(order)))
                 return order_schema.dump(order)
-            if order.status != OrderStatus.CONFIRMED:
-                raise OrderNotCancellable(
-                    f"order {order_id} is {order.status}; only a confirmed order can be cancelled",
-                    {"order_id": order_id, "status": order.status},
-                )
-            self.products.release_stock(order.order_ref)
-            order.status = OrderStatus.CANCELLED
-            session.flush()
-            count_on_commit(session, ORDERS.labels(*settled_labels(order)))
-            return order_schema.dump(order)
 
     @rpc
     def list_orders(
@@ -394,33 +402,42 @@ class OrdersService(ShopService):
         return {**{ref: IN_FLIGHT_STATE for ref in in_flight}, **states}
 
     @config_timer("RECOVERY_INTERVAL")
-    @retried_at_next_tick(log, "recovery of pending orders")
+    @retried_at_next_tick(log, "recovery of pending and cancelling orders")
     def recover_pending_orders(self):
-        """Resolve ``pending`` orders untouched for ``RECOVERY_AGE`` seconds (see
-        :func:`orders.flow.recover`), one transaction and row lock each; rows another
-        process is working on are skipped. Stops at the first failure (e.g. products
-        down, or its own database unavailable: one warning, see :mod:`common.ticks`) and
-        tries again at the next tick."""
+        """Finish what an interrupted call left behind, for orders untouched for
+        ``RECOVERY_AGE`` seconds: resolve ``pending`` orders (:func:`orders.flow.recover`),
+        then finish ``cancelling`` ones (:func:`orders.flow.finish_cancel`). Stops at the
+        first failure (e.g. products down, or its own database unavailable: one warning,
+        see :mod:`common.ticks`) and tries again at the next tick."""
         age = timedelta(seconds=settings_of(self.config).recovery_age)
+        if self._recover(OrderStatus.PENDING, age, flow.recover):
+            self._recover(OrderStatus.CANCELLING, age, flow.finish_cancel)
+
+    def _recover(self, status, age, settle):
+        """``settle(order, products)`` each order in ``status`` untouched for ``age``, oldest
+        first, at most 100 a tick, one transaction and row lock each; rows another process
+        (or a client's retry) is working on are skipped. Returns False if one failed (it
+        is logged; the order stays as it was for the next tick)."""
         for _ in range(100):
             with self.db.get_session() as session:
                 order = session.scalars(
                     select(Order)
-                    .where(Order.status == OrderStatus.PENDING, Order.updated_at < func.now() - age)
+                    .where(Order.status == status, Order.updated_at < func.now() - age)
                     .order_by(Order.updated_at)
                     .limit(1)
                     .with_for_update(skip_locked=True)
                 ).first()
                 if order is None:
-                    return
+                    return True
                 try:
-                    flow.recover(order, self.products)
+                    settle(order, self.products)
                 except Exception as exc:  # noqa: BLE001 - retried at the next tick
                     log.warning("recovery of order %s postponed: %s", order.id, exc)
-                    return
+                    return False
                 count_on_commit(session, ORDERS.labels(*settled_labels(order)))
                 count_on_commit(session, ORDERS_RECOVERED.labels(order.status))
                 log.info("recovered order %s: %s", order.id, order.status)
+        return True
 
     @event_handler("customers", "customer_created")
     def remember_customer(self, payload):

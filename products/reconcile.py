@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 
 # Order states (from orders.order_states; None: no such order, and none can commit any
 # more) whose stock must be given back. "pending" is left to orders' own recovery, and
-# "in_flight" (its placing transaction is still open) to a later check.
+# "in_flight" (its placing transaction is still open) to a later check. So is
+# "cancelling" (a cancel under way, orders/flow.py): never confirmed here, its release is
+# the cancel's own step, which a retry or orders' recovery finishes.
 ORDER_STATES_WITHOUT_STOCK = {None, "rejected", "failed", "cancelled"}
 # orders.order_states answers for at most this many order_refs per call.
 MAX_BATCH = 1000

@@ -308,9 +308,16 @@ def books_balance(engines, stock_added):
     """The bank invariant, as a list of violations (empty when it holds): per product,
     stock left + units in confirmed orders == stock added and stock >= 0; every confirmed
     order line has exactly one live hold of the same quantity, and no live hold lacks its
-    confirmed order."""
+    confirmed order; no order is left ``cancelling`` (a cancel half done: its stock may be
+    back while the order is not cancelled yet, so neither side counts it)."""
     stock_left, held, sold = books(engines)
     problems = []
+    with engines["orders"].connect() as conn:
+        cancelling = conn.scalars(
+            text("SELECT id FROM orders WHERE status = 'cancelling' ORDER BY id")
+        ).all()
+    if cancelling:
+        problems.append(f"orders left cancelling: {cancelling}")
     if held != sold:
         problems.append(
             f"holds without a confirmed order: {sorted(set(held) - set(sold))}; "

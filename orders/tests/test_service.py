@@ -53,12 +53,16 @@ def config(base_config):
     return {**base_config, "RECOVERY_AGE": 0}
 
 
-@pytest.fixture
-def service(db_wrapper, config):
+def orders_worker(db_wrapper, config):
     worker = worker_factory(OrdersService, db=db_wrapper("orders"), config=config)
     worker.customers.get_customer.return_value = CUSTOMER
     worker.products.reserve_stock.side_effect = hold
     return worker
+
+
+@pytest.fixture
+def service(db_wrapper, config):
+    return orders_worker(db_wrapper, config)
 
 
 def orders_in_db(engines):
@@ -293,7 +297,7 @@ def test_recovery_tick_survives_its_own_database_failing(config, caplog):
     worker.recover_pending_orders()
     [warning] = warnings_logged(caplog)
     assert warning.startswith(
-        "recovery of pending orders postponed to the next tick: OperationalError: "
+        "recovery of pending and cancelling orders postponed to the next tick: OperationalError: "
     )
     worker.products.get_reservation.assert_not_called()
     engine.dispose()
@@ -328,18 +332,79 @@ def test_cancel_gives_the_stock_back_once(service):
     service.products.release_stock.assert_called_once()
 
 
-def test_cancel_that_cannot_release_leaves_the_order_confirmed(service):
+def test_a_cancel_commits_its_intent_before_products_releases(service, clean_databases):
+    """The saga's first step is durable: when products is asked to release, the order is
+    already committed ``cancelling`` (seen from another connection)."""
+    order = service.create_order(ORDER)
+    seen = []
+    service.products.release_stock.side_effect = lambda ref: seen.append(
+        orders_in_db(clean_databases)[0].status
+    )
+    assert service.cancel_order(order["id"])["status"] == "cancelled"
+    assert seen == ["cancelling"]
+
+
+def test_a_cancel_that_cannot_release_is_finished_by_its_retry(service):
     order = service.create_order(ORDER)
     service.products.release_stock.side_effect = GatewayTimeout("slow")
     with pytest.raises(GatewayTimeout):
         service.cancel_order(order["id"])
-    assert service.get_order(order["id"])["status"] == "confirmed"
+    cancelling = service.get_order(order["id"])
+    assert cancelling["status"] == "cancelling"  # honest: the stock may be back already
+    assert service.list_orders(1)["items"] == [cancelling]
+    order_ref = service.products.release_stock.call_args.args[0]
+    assert service.order_states([order_ref]) == {order_ref: "cancelling"}
+    service.products.release_stock.side_effect = None
+    cancelled = service.cancel_order(order["id"])
+    assert (cancelled["id"], cancelled["status"]) == (order["id"], "cancelled")
+    assert service.products.release_stock.call_count == 2  # idempotent at products
+    assert service.cancel_order(order["id"]) == cancelled  # and now nothing more is asked
+    assert service.products.release_stock.call_count == 2
+
+
+def test_a_replay_of_a_cancelling_order_answers_it(service):
+    order = service.create_order(ORDER, "key-1")
+    service.products.release_stock.side_effect = ServiceUnavailable("down")
+    with pytest.raises(ServiceUnavailable):
+        service.cancel_order(order["id"])
+    replayed = service.create_order(ORDER, "key-1")
+    assert (replayed["id"], replayed["status"]) == (order["id"], "cancelling")
+
+
+def test_recovery_finishes_a_cancelling_order(service, caplog):
+    order = service.create_order(ORDER)
+    service.products.release_stock.side_effect = ServiceUnavailable("down")
+    with pytest.raises(ServiceUnavailable):
+        service.cancel_order(order["id"])
+    service.recover_pending_orders()  # products still down: it stays cancelling
+    assert service.get_order(order["id"])["status"] == "cancelling"
+    assert warnings_logged(caplog) == [f"recovery of order {order['id']} postponed: down"]
+    service.products.release_stock.side_effect = None
+    service.recover_pending_orders()
+    assert service.get_order(order["id"])["status"] == "cancelled"
+    assert [call.args for call in service.products.release_stock.call_args_list] == [
+        (service.products.reserve_stock.call_args.args[0],)
+    ] * 3
+
+
+def test_recovery_leaves_a_cancel_younger_than_its_age(db_wrapper, config):
+    worker = orders_worker(db_wrapper, {**config, "RECOVERY_AGE": 60})
+    order = worker.create_order(ORDER)
+    worker.products.release_stock.side_effect = ServiceUnavailable("down")
+    with pytest.raises(ServiceUnavailable):
+        worker.cancel_order(order["id"])
+    worker.products.release_stock.side_effect = None
+    worker.recover_pending_orders()  # its own call may still be finishing it
+    assert worker.get_order(order["id"])["status"] == "cancelling"
+    assert worker.products.release_stock.call_count == 1
 
 
 def test_only_confirmed_orders_can_be_cancelled(service):
     order_id, _ = pending_order(service)
     with pytest.raises(OrderNotCancellable):
         service.cancel_order(order_id)
+    assert service.get_order(order_id)["status"] == "pending"
+    service.products.release_stock.assert_not_called()
     with pytest.raises(OrderNotFound):
         service.cancel_order(999)
 
