@@ -13,7 +13,7 @@ LATENCY_PNG ?= docs/latency-fixed-rate.png
 LATENCY_RESULT ?=
 PLOT_MATPLOTLIB ?= matplotlib==3.10.8
 
-.PHONY: build services setup migrate up down restart ps logs seed test test-faults lint coverage lock shell bench bench-check bench-overload bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token
+.PHONY: build services setup migrate up down restart ps logs seed test test-faults lint coverage lock shell bench bench-check bench-overload bench-scaling profile cluster-up cluster-down cluster-status replica-up replica-down replica-status token upgrade bench-latency bench-latency-plot backup-up backup-down backup restore backup-status alerts-check
 
 build: $(BIN)/.installed  ## virtualenv with the pinned dependencies
 

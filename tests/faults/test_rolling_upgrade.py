@@ -1,6 +1,7 @@
 """A rolling upgrade from the previous release to this code, under load, with no error.
 
-The previous release is deploy/RELEASES' ``upgrade-from`` (scripts/releases.py), checked
+The previous release is each release of deploy/RELEASES (scripts/releases.py): the one
+deployed now (``upgrade-from``) and the ones before it, each checked
 out in a git worktree of its own and run on this venv from there (its code first on
 PYTHONPATH, its config.yml). The sequence is docs/DEPLOY.md's (scripts/upgrade.py):
 
@@ -48,14 +49,16 @@ PHASE_SECONDS = 4  # of load on each of the unmixed states (old, old on the new 
 MIGRATE_TIMEOUT = 120
 
 
-@pytest.fixture
-def previous_release(tmp_path):
-    """``(tag, commit, path)`` of deploy/RELEASES' upgrade-from, checked out at ``path``
-    (a detached git worktree, removed afterwards)."""
+@pytest.fixture(params=sorted(releases.read_releases().tags))
+def previous_release(request, tmp_path):
+    """``(tag, commit, path)`` of each release of deploy/RELEASES (its upgrade-from, the
+    release deployed now, and the ones before it: a shop that skipped a release upgrades
+    straight to this code too), checked out at ``path`` (a detached git worktree, removed
+    afterwards)."""
     known = releases.read_releases()
-    commit = releases.resolve(known.upgrade_from, known)
+    commit = releases.resolve(request.param, known)
     with releases.worktree(commit, str(tmp_path / "previous-release")) as path:
-        yield known.upgrade_from, commit, path
+        yield request.param, commit, path
 
 
 @pytest.fixture
