@@ -23,8 +23,12 @@ GATE_SECONDS = 1.0  # the broker connection held back this long: far below REPLY
 
 def gated_proxy(upstream, gate):
     """A TCP proxy to ``upstream`` (host, port) that connects nothing before ``gate`` is
-    sent; returns ``(its address, stop)``."""
+    sent; returns ``(its address, stop)``. ``stop`` kills every green thread of the proxy
+    and closes every socket it opened: none may outlive the test (a socket closed later,
+    its file descriptor number reused meanwhile, breaks whatever now holds that number)."""
     server = eventlet.listen(("127.0.0.1", 0))
+    sockets = [server]
+    threads = eventlet.GreenPool()
 
     def pipe(source, target):
         try:
@@ -32,26 +36,27 @@ def gated_proxy(upstream, gate):
                 target.sendall(data)
         except OSError:
             pass
-        finally:
-            source.close()
-            target.close()
 
     def serve(client):
         gate.wait()
         upstream_socket = eventlet.connect(upstream)
-        eventlet.spawn(pipe, client, upstream_socket)
-        eventlet.spawn(pipe, upstream_socket, client)
+        sockets.append(upstream_socket)
+        threads.spawn(pipe, client, upstream_socket)
+        threads.spawn(pipe, upstream_socket, client)
 
     def accept():
         while True:
             client, _ = server.accept()
-            eventlet.spawn(serve, client)
+            sockets.append(client)
+            threads.spawn(serve, client)
 
-    accepting = eventlet.spawn(accept)
+    threads.spawn(accept)
 
     def stop():
-        accepting.kill()
-        server.close()
+        for thread in list(threads.coroutines_running):
+            thread.kill()
+        for sock in sockets:
+            sock.close()
 
     return server.getsockname(), stop
 
@@ -80,4 +85,5 @@ def test_the_listener_opens_once_the_reply_queue_is_consumed(
     finally:
         if not gate.ready():
             gate.send()
+        container.kill()  # its broker connections go through the proxy: closed first
         stop_proxy()
