@@ -70,7 +70,7 @@ def cmd_upgrade(args, config):
     for until it is ready. The contract migrations are left to the operator."""
     from functools import partial
 
-    from scripts import upgrade
+    from scripts import readiness, upgrade
 
     args.phase, args.allow_ahead = admin.EXPAND, False
     cmd_migrate(args, config)
@@ -83,7 +83,7 @@ def cmd_upgrade(args, config):
         upgrade.roll(
             upgrade.supervisor_steps(config),
             partial(upgrade.supervisor_restart, supervisorctl),
-            partial(upgrade.wait_answering, timeout=args.timeout),
+            partial(readiness.wait_answering, timeout=args.timeout),
         )
     except RuntimeError as exc:
         sys.exit(f"upgrade: {exc} (see `make logs`)")

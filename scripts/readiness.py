@@ -26,13 +26,30 @@ def ping(broker, service, timeout=2):
         return False
 
 
-def gateway_answers(url, timeout=2):
-    """Whether the gateway at ``url`` (``http://host:port``) answers ``/health``."""
+def answers(url, timeout=2):
+    """Whether ``url`` answers 200 within ``timeout`` seconds."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
+
+
+def gateway_answers(url, timeout=2):
+    """Whether the gateway at ``url`` (``http://host:port``) answers ``/health``."""
+    return answers(f"{url}/health", timeout)
+
+
+def wait_answering(url, timeout=60.0, interval=0.3):
+    """True once ``url`` answers 200 (one process's own probe: a gateway's ``/health``,
+    a service's ``/ready``; an RPC ping could reach any process of the service), False
+    if it has not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def wait_until_ready(broker, services=SERVICES, gateway_urls=(), timeout=60.0, interval=0.3):

@@ -25,14 +25,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import requests
-
 from common.registry import GATEWAY
+from scripts.readiness import wait_answering
 from scripts.supervisor import gateway_processes, metrics_targets, scrape_host
 
 ROLL_ORDER = ("orders", "products", "customers", GATEWAY)
-READY_TIMEOUT = 60.0  # seconds a replaced process has to answer its probe
-PROBE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,21 +46,6 @@ class Step:
 
 def probe_url(kind: str, address: str) -> str:
     return f"http://{address}/{'health' if kind == GATEWAY else 'ready'}"
-
-
-def wait_answering(url: str, timeout: float = READY_TIMEOUT, interval: float = 0.3) -> bool:
-    """True once ``url`` answers 200 (each try bounded by :data:`PROBE_TIMEOUT`), False
-    if it has not within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=PROBE_TIMEOUT).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def ordered(steps: Iterable[Step]) -> list[Step]:
@@ -101,7 +83,7 @@ def supervisor_restart(supervisorctl: list[str], step: Step) -> None:
 def roll(
     steps: Iterable[Step],
     replace: Callable[[Step], None],
-    ready: Callable[[str], bool] = wait_answering,
+    ready: Callable[[str], bool] = wait_answering,  # each process 60 s at most
     say: Callable[[str], None] = print,
 ) -> None:
     """Replace each of ``steps`` in turn (``replace(step)``), each only once the one

@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from common import admin
 from common.config import ROOT
 from common.registry import GATEWAY, SERVICES
-from scripts import releases, upgrade
+from scripts import readiness, releases, upgrade
 from scripts.processes import free_port
 from tests.faults.conftest import StoppableLoad, assert_books, create_shop
 from tests.harness import ProgramStack, program, rabbit_vhost, stack_env
@@ -177,14 +177,14 @@ class Rollout:
             for index in range(PROCESSES)
         ]
         for probe in probes:
-            assert upgrade.wait_answering(probe), f"{probe}: the previous release never ready"
+            assert readiness.wait_answering(probe), f"{probe}: the previous release never ready"
 
     def replace(self, step):
         """This code's process for ``step`` ready beside the old one, then the old one
         stopped gracefully (what the rolling upgrade does to each process)."""
         started = time.monotonic()
         probe = self.start(step.kind, step.index, "new")
-        assert upgrade.wait_answering(probe), f"{step.program}: this code's process never ready"
+        assert readiness.wait_answering(probe), f"{step.program}: this code's process never ready"
         self.replaced.append((step.program, round(time.monotonic() - started, 1)))
         stopped = self.stack.stop_program(f"{step.kind}-old{step.index}")
         assert "stopped" in stopped, stopped
