@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 
-from scripts.processes import process_alive, wait_for
+from scripts.processes import children, process_alive, wait_for
 
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"  # the server's OS user when run as root
@@ -259,18 +259,6 @@ class PgServer:
     def scalar(self, sql, database="postgres"):
         rows = self.query(sql, database)
         return rows[0][0] if rows else None
-
-
-def children(pid):
-    """Pids whose parent is ``pid`` (a postmaster's backends and auxiliary processes)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                with open(f"/proc/{entry}/stat") as stream:
-                    if int(stream.read().split(") ", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-    return found
 
 
 def prepare_dir(base_dir):

@@ -45,6 +45,18 @@ def process_alive(pid):
     return True
 
 
+def children(pid):
+    """Pids whose parent is ``pid`` (a postmaster's backends, supervisord's programs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                with open(f"/proc/{entry}/stat") as stream:
+                    if int(stream.read().split(") ", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+    return found
+
+
 def wait_for(condition, message, timeout=30, interval=0.2):
     """Poll ``condition()`` until true; TimeoutError(``message``) after ``timeout`` s."""
     deadline = time.monotonic() + timeout

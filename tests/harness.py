@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from common.config import ROOT
 from common.registry import SERVICE_CLASSES
-from scripts.processes import free_port, free_port_block, process_alive
+from scripts.processes import children, free_port, free_port_block, process_alive
 from scripts.readiness import wait_until_ready
 from scripts.supervisor import (
     HEADER,
@@ -190,23 +190,36 @@ class Stack:
         )
 
     def __enter__(self):
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a stack that never became ready still has processes
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc_info):
         self.stop()
 
     def stop(self):
-        """SIGTERM every process (as `make down`), then supervisord itself exits."""
+        """SIGTERM every process (as `make down`), then supervisord itself exits. A
+        program still running after that (supervisord killed at the 90 s bound, or not
+        answering) is SIGKILLed: supervisord puts each in a process group of its own, so
+        nothing else would ever stop it."""
         if self.supervisord is None:
             return
-        self.ctl("shutdown")
+        programs = children(self.supervisord.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.ctl("shutdown")
         try:
             self.supervisord.wait(timeout=90)
         except subprocess.TimeoutExpired:
             self.supervisord.kill()
             self.supervisord.wait()
         self.supervisord = None
+        for pid in programs:
+            with contextlib.suppress(ProcessLookupError):
+                if process_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def program(name, kind, root, run_dir, env=None):
