@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import eventlet
 from nameko_sqlalchemy import Database as NamekoDatabase
 from nameko_sqlalchemy.database import DB_ENGINE_OPTIONS_KEY, DatabaseWrapper
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -148,9 +148,10 @@ def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
 
 @contextmanager
-def autocommit_session(engine: Engine) -> Iterator[Session]:
-    """A session on a pooled connection of ``engine`` in autocommit: each statement is
-    its own transaction, so a read costs one round trip, not BEGIN + SELECT + ROLLBACK.
+def autocommit_connection(engine: Engine) -> Iterator[Connection]:
+    """A Core connection from ``engine``'s pool in autocommit: each statement is its own
+    transaction, so a read or a one-statement write costs one round trip, not BEGIN +
+    statement + COMMIT or ROLLBACK.
 
     psycopg2's ``autocommit`` is switched on the pooled connection and back, which
     sends nothing. (SQLAlchemy's ``isolation_level="AUTOCOMMIT"`` execution option
@@ -161,11 +162,17 @@ def autocommit_session(engine: Engine) -> Iterator[Session]:
         dbapi_connection: Any = connection.connection.dbapi_connection
         dbapi_connection.autocommit = True
         try:
-            with Session(bind=connection) as session:
-                yield session
+            yield connection
         finally:
             if not dbapi_connection.closed:  # a dead one is discarded by the pool
                 dbapi_connection.autocommit = False
+
+
+@contextmanager
+def autocommit_session(engine: Engine) -> Iterator[Session]:
+    """An ORM session on an :func:`autocommit_connection` of ``engine``."""
+    with autocommit_connection(engine) as connection, Session(bind=connection) as session:
+        yield session
 
 
 class ShopDatabaseWrapper(DatabaseWrapper):
@@ -190,13 +197,15 @@ class ShopDatabaseWrapper(DatabaseWrapper):
             yield session
 
     @contextmanager
-    def single_statements(self) -> Iterator[Session]:
-        """A session on an autocommit connection of the primary for writes that are one
-        statement each (a server-side function that locks, decides and writes:
-        :mod:`products.stock`): every statement is its own transaction, one round trip,
-        and no lock outlives it. Errors as :meth:`reading`; an IntegrityError passes."""
-        with self.reading() as session:
-            yield session
+    def single_statements(self) -> Iterator[Connection]:
+        """A Core connection of the primary in autocommit (:func:`autocommit_connection`)
+        for work that is one statement each (a read, or a server-side function that locks,
+        decides and writes: :mod:`products.stock`): every statement is its own transaction, one
+        round trip, and no lock outlives it. No ORM session around it: it cost 50-70 us of
+        CPU per call (docs/BENCHMARKS.md, issue 24). Errors as :meth:`reading`; an
+        IntegrityError passes."""
+        with database_errors_as_unavailable(), autocommit_connection(self.engine) as connection:
+            yield connection
 
     def read(self, query: Callable[[Session], T], complete: Callable[[T], bool] = always) -> T:
         """``query(session)``'s result, for a read that may be stale by the read

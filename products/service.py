@@ -159,8 +159,8 @@ class ProductsService(ShopService):
     def get_reservation(self, order_ref: str) -> dict[str, Any] | None:
         """The hold of ``order_ref`` (as ``reserve_stock`` returns it), or ``None`` if it
         never reserved nor was released. Read-only."""
-        with self.db.reading() as session:  # no transaction outlives the worker
-            hold = stock.hold_of(session, str(order_ref))
+        with self.db.single_statements() as connection:  # one statement, no transaction
+            hold = stock.hold_of(connection, str(order_ref))
         return None if hold is None else reservation_schema.dump(hold)
 
     @config_timer("HOLD_CHECK_INTERVAL")

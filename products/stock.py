@@ -28,8 +28,9 @@ Two calls creating the same hold at once (a reserve racing a release of the same
 collide on the primary key; the loser raises IntegrityError, changes nothing, and is
 retried by the caller (:func:`with_hold_retry`), after which it sees the winner's hold.
 
-Each function is called on an autocommit connection (``db.single_statements()``): the
-call is its own transaction, one round trip.
+Each function is one statement on a Core connection (``connection.execute``; a session's
+``execute`` serves too), called on an autocommit connection (``db.single_statements()``):
+the call is its own transaction, one round trip.
 """
 
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def wire_form(order_ref, status, lines):
     }
 
 
-def reserve(session, order_ref, quantities):
+def reserve(connection, order_ref, quantities):
     """Take ``quantities`` (``{product_id: quantity}``, ascending ids) out of stock for
     ``order_ref``: all lines or none, in one statement.
 
@@ -87,19 +88,15 @@ def reserve(session, order_ref, quantities):
     (requested and available), or OrderTotalTooLarge when the total at current prices
     exceeds :data:`MAX_ORDER_TOTAL`; nothing changes then.
     """
-    answer = (
-        session.connection()
-        .execute(
-            RESERVE,
-            {
-                "order_ref": order_ref,
-                "product_ids": list(quantities),
-                "quantities": list(quantities.values()),
-                "max_total": MAX_ORDER_TOTAL,
-            },
-        )
-        .scalar_one()
-    )
+    answer = connection.execute(
+        RESERVE,
+        {
+            "order_ref": order_ref,
+            "product_ids": list(quantities),
+            "quantities": list(quantities.values()),
+            "max_total": MAX_ORDER_TOTAL,
+        },
+    ).scalar_one()
     refused = answer.get("refused")
     if refused == "product_not_found":
         raise ProductNotFound.for_ids(answer["product_ids"])
@@ -111,7 +108,7 @@ def reserve(session, order_ref, quantities):
     return Outcome(hold, answer["units"], STOCK_UNITS_RESERVED)
 
 
-def release(session, order_ref, cause="release"):
+def release(connection, order_ref, cause="release"):
     """Give back the stock held for ``order_ref`` and leave the hold ``released``, in one
     statement; ``cause`` labels the units given back in
     ``shop_stock_units_released_total`` (``release``: an order cancelled or compensated;
@@ -121,27 +118,28 @@ def release(session, order_ref, cause="release"):
     a released hold with no lines (a fence, see the module docstring). Returns an
     :class:`Outcome`.
     """
-    answer = session.connection().execute(RELEASE, {"order_ref": order_ref}).scalar_one()
+    answer = connection.execute(RELEASE, {"order_ref": order_ref}).scalar_one()
     hold = wire_form(order_ref, answer["status"], answer["lines"])
     return Outcome(hold, answer["units"], STOCK_UNITS_RELEASED.labels(cause))
 
 
-def hold_of(session, order_ref):
+def hold_of(connection, order_ref):
     """The hold of ``order_ref`` in its wire form, or None if there is none. Read-only,
     one round trip."""
-    row = session.connection().execute(HOLD, {"order_ref": order_ref}).first()
+    row = connection.execute(HOLD, {"order_ref": order_ref}).first()
     return None if row is None else wire_form(order_ref, row.status, row.lines)
 
 
-def with_hold_retry(get_session, operation, *args):
-    """Run ``operation(session, *args)`` (:func:`reserve` or :func:`release`) on a session
-    of ``get_session()``, once more if it lost a race to create the same hold
-    (IntegrityError on ``order_holds``); count the units it moved once the session has
+def with_hold_retry(opened, operation, *args):
+    """Run ``operation(connection, *args)`` (:func:`reserve` or :func:`release`) on what
+    ``opened()`` opens (``db.single_statements``: an autocommit connection; the
+    reconciler's session, committed on exit), once more if it lost a race to create the
+    same hold (IntegrityError on ``order_holds``); count the units it moved once that has
     committed. Returns the hold."""
     for attempt in (1, 2):
         try:
-            with get_session() as session:
-                outcome = operation(session, *args)
+            with opened() as connection:
+                outcome = operation(connection, *args)
         except IntegrityError:
             if attempt == 2:
                 raise

@@ -1,5 +1,5 @@
-"""common.db against the real PostgreSQL: what replaced pool_pre_ping, and reads on an
-autocommit connection."""
+"""common.db against the real PostgreSQL: what replaced pool_pre_ping, and reads and
+single statements on an autocommit connection."""
 
 import socket
 import time
@@ -54,9 +54,11 @@ def test_a_connection_used_moments_ago_is_not_pinged(engine, db_engines):
         assert connection.scalar(text("SELECT 1")) == 1
 
 
-def test_reading_runs_each_statement_alone_and_gives_back_a_transactional_connection(engine):
+@pytest.mark.parametrize("opened", ["reading", "single_statements"])
+def test_each_statement_runs_alone_and_the_connection_goes_back_transactional(engine, opened):
+    """``reading()`` (an ORM session) and ``single_statements()`` (a Core connection)."""
     wrapper = ShopDatabaseWrapper(sessionmaker(bind=engine), engine)
-    with wrapper.reading() as session:  # autocommit: each statement its own transaction
+    with getattr(wrapper, opened)() as session:  # autocommit: each statement its own transaction
         first, second = (session.scalar(text("SELECT now()")) for _ in "12")
     assert first != second
     with engine.connect() as connection:  # the pool's one connection, transactional again
@@ -66,13 +68,14 @@ def test_reading_runs_each_statement_alone_and_gives_back_a_transactional_connec
         assert connection.scalar(text("SELECT to_regclass('pg_temp.t')")) is None
 
 
-def test_reading_answers_503_when_its_connection_is_gone(engine, db_engines):
+@pytest.mark.parametrize("opened", ["reading", "single_statements"])
+def test_a_503_when_the_connection_is_gone(engine, db_engines, opened):
     ping_when_idle(engine, idle_seconds=60)
     pooled_connection_killed(engine, db_engines)
     wrapper = ShopDatabaseWrapper(sessionmaker(bind=engine), engine)
-    with pytest.raises(ServiceUnavailable), wrapper.reading() as session:
+    with pytest.raises(ServiceUnavailable), getattr(wrapper, opened)() as session:
         session.scalar(BACKEND_PID)
-    with wrapper.reading() as session:  # the pool replaced it
+    with getattr(wrapper, opened)() as session:  # the pool replaced it
         assert session.scalar(text("SELECT 1")) == 1
 
 
