@@ -132,23 +132,31 @@ def test_a_fenced_order_fails(service, clean_databases):
     assert [row.status for row in orders_in_db(clean_databases)] == ["failed"]
 
 
-def commit_fails_with(service, monkeypatch, error):
-    """Every commit of the worker's session raises ``error`` (after the reservation)."""
-    session = service.db.get_session()
-    monkeypatch.setattr(service.db, "get_session", lambda: session)
+@pytest.fixture
+def commit_fails_with(service):
+    """``commit_fails_with(error)``: from then on, every commit on the orders database
+    raises ``error`` (after the reservation), whatever the worker commits through (the
+    new order's Core connection, a replay's session): an engine event, removed with the
+    test."""
+    engine = service.db.engine
+    listeners = []
 
-    def broken_commit():
-        raise error
+    def fail_with(error):
+        def broken_commit(connection):
+            raise error
 
-    monkeypatch.setattr(session, "commit", broken_commit)
+        event.listen(engine, "commit", broken_commit)
+        listeners.append(broken_commit)
+
+    yield fail_with
+    for listener in listeners:
+        event.remove(engine, "commit", listener)
 
 
 def test_failure_to_commit_releases_the_stock_and_stores_nothing(
-    service, clean_databases, monkeypatch
+    service, clean_databases, commit_fails_with
 ):
-    commit_fails_with(
-        service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost"))
-    )
+    commit_fails_with(OperationalError("COMMIT", {}, Exception("connection lost")))
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
     order_ref = service.products.reserve_stock.call_args.args[0]
@@ -157,9 +165,9 @@ def test_failure_to_commit_releases_the_stock_and_stores_nothing(
 
 
 def test_an_integrity_error_after_the_reservation_releases_it(
-    service, clean_databases, monkeypatch
+    service, clean_databases, commit_fails_with
 ):
-    commit_fails_with(service, monkeypatch, IntegrityError("COMMIT", {}, Exception("a constraint")))
+    commit_fails_with(IntegrityError("COMMIT", {}, Exception("a constraint")))
     with pytest.raises(IntegrityError):
         service.create_order(ORDER, "key-1")
     service.products.release_stock.assert_called_once_with(
@@ -169,10 +177,8 @@ def test_an_integrity_error_after_the_reservation_releases_it(
     assert orders_in_db(clean_databases) == []
 
 
-def test_a_failed_release_does_not_hide_the_original_error(service, monkeypatch):
-    commit_fails_with(
-        service, monkeypatch, OperationalError("COMMIT", {}, Exception("connection lost"))
-    )
+def test_a_failed_release_does_not_hide_the_original_error(service, commit_fails_with):
+    commit_fails_with(OperationalError("COMMIT", {}, Exception("connection lost")))
     service.products.release_stock.side_effect = GatewayTimeout("slow")
     with pytest.raises(ServiceUnavailable):
         service.create_order({"customer_id": 1, "products": [{"id": 1, "quantity": 1}]})
