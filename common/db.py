@@ -201,7 +201,7 @@ class ShopDatabaseWrapper(DatabaseWrapper):
         """A Core connection of the primary in autocommit (:func:`autocommit_connection`)
         for work that is one statement each (a read, or a server-side function that locks,
         decides and writes: :mod:`products.stock`): every statement is its own transaction, one
-        round trip, and no lock outlives it. No ORM session around it: it cost 50-70 us of
+        round trip, and no lock outlives it. No ORM session around it: it cost 53-82 us of
         CPU per call (docs/BENCHMARKS.md, issue 24). Errors as :meth:`reading`; an
         IntegrityError passes."""
         with database_errors_as_unavailable(), autocommit_connection(self.engine) as connection:

@@ -243,7 +243,7 @@ class OrdersService(ShopService):
         """What one attempt of :meth:`_place` runs on: a replay, on an ORM session (it
         loads and changes an ``Order``; closed at the worker's teardown); a new order, on a
         Core connection (:class:`NewOrder`'s statements), whose first statement begins the
-        transaction: without an ORM session around it, 80-160 us of CPU less per order
+        transaction: without an ORM session around it, about 0.1 ms of CPU less per order
         (docs/BENCHMARKS.md, issue 24). Both end a transaction with ``commit()`` or
         ``rollback()``; the connection goes back to the pool when the block ends, rolling
         back whatever is still open."""
