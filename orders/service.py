@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import eventlet
 from nameko.events import event_handler
-from sqlalchemy import Table, bindparam, exists, func, select, text
+from sqlalchemy import bindparam, exists, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
@@ -79,9 +79,6 @@ def remember(session, customer_id):
     session.execute(insert(KnownCustomer).values(id=customer_id).on_conflict_do_nothing())
 
 
-ORDERS_TABLE = cast(Table, Order.__table__)
-
-
 def IN_FLIGHT_LOCK(order_ref):  # noqa: N802 - a SQL expression, named as one
     """``pg_advisory_xact_lock`` on ``order_ref``: held by the transaction placing the order
     until it commits or rolls back (see :meth:`OrdersService.order_states`)."""
@@ -99,16 +96,17 @@ def lock_in_flight(session, order_ref):
     """Mark ``order_ref`` in flight for the rest of ``session``'s transaction: until it
     ends, ``order_states`` reports it ``in_flight`` rather than unknown, so products'
     reconciler never gives back the stock of an order that may still commit. A new
-    order takes it in its INSERT (:data:`NewOrder.INSERT`); a retry, here."""
+    order takes it in ``shop_insert_order`` (:data:`NewOrder.INSERT`); a retry, here."""
     session.execute(select(IN_FLIGHT_LOCK(order_ref)))
 
 
 @dataclass
 class NewOrder:
     """An order this call has just inserted, as plain attributes rather than an ORM object:
-    the common path of ``create_order`` writes it with two Core statements (the insert,
-    then the lines and the final update in one) instead of the ORM's unit of work, which was a
-    third of the orders process's CPU per order (docs/BENCHMARKS.md, issue 14). It has
+    the common path of ``create_order`` writes it with two Core statements, each a call of
+    a server-side function (the insert, then the lines and the final update in one),
+    instead of the ORM's unit of work, which was a third of the orders process's CPU per
+    order (docs/BENCHMARKS.md, issue 14). It has
     what :mod:`orders.flow` reads and sets, and what ``OrderSchema`` dumps."""
 
     id: int
@@ -124,32 +122,22 @@ class NewOrder:
     failure: dict | None = None
     lines: list[OrderLine] = field(default_factory=list)
 
-    # The statements are built once, their values bound per call: building them per call
-    # (``.values(...)`` and its cache key) was a fifth of the orders process's Python
-    # around an order (docs/BENCHMARKS.md, issue 14).
-    INSERT: ClassVar = insert(ORDERS_TABLE).returning(
-        ORDERS_TABLE.c.id,
-        ORDERS_TABLE.c.created_at,
-        ORDERS_TABLE.c.updated_at,
-        exists().where(KnownCustomer.id == bindparam("known_customer_id")).label("known"),
-        IN_FLIGHT_LOCK(ORDERS_TABLE.c.order_ref).label("in_flight"),  # see lock_in_flight
-    )
+    # Two server-side functions (orders migration 0006), so PostgreSQL plans their
+    # statements once per connection rather than on every order; the calls are built once,
+    # their values bound per call (building statements per call was a fifth of the orders
+    # process's Python around an order: docs/BENCHMARKS.md, issue 14).
+    INSERT: ClassVar = text("""
+        SELECT id, created_at, updated_at, known FROM shop_insert_order(
+            :order_ref, :customer_id, :status, :requested, :idempotency_key,
+            :request_fingerprint)
+    """).bindparams(bindparam("requested", type_=JSONB))
     # The outcome in one round trip: the lines (none unless confirmed; the arrays hold one
     # element per line, in order) and the order's status, total and failure.
     RECORD: ClassVar = text("""
-        WITH lines AS (
-            INSERT INTO order_lines (order_id, product_id, product_name, quantity, unit_price)
-            SELECT :order_id, line.product_id, line.product_name, line.quantity,
-                   line.unit_price
-            FROM unnest(CAST(:product_ids AS integer[]), CAST(:product_names AS text[]),
-                        CAST(:quantities AS integer[]), CAST(:unit_prices AS numeric[]))
-                 WITH ORDINALITY AS line(product_id, product_name, quantity, unit_price, n)
-            ORDER BY line.n
-        )
-        UPDATE orders SET status = :status, total = :total, failure = :failure,
-                          updated_at = now()
-        WHERE id = :order_id
-        RETURNING updated_at
+        SELECT shop_record_order(
+            :order_id, :status, :total, :failure, CAST(:product_ids AS integer[]),
+            CAST(:product_names AS text[]), CAST(:quantities AS integer[]),
+            CAST(:unit_prices AS numeric[]))
     """).bindparams(bindparam("failure", type_=JSONB))
 
     @classmethod
@@ -165,7 +153,7 @@ class NewOrder:
             "idempotency_key": key,
             "request_fingerprint": request,
         }
-        row = connection.execute(cls.INSERT, {**values, "known_customer_id": customer_id}).one()
+        row = connection.execute(cls.INSERT, values).one()
         order = cls(id=row.id, created_at=row.created_at, updated_at=row.updated_at, **values)
         return order, row.known
 
