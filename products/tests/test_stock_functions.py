@@ -4,25 +4,18 @@ Both versions run here on the same rows, each in a transaction rolled back after
 with the lines in an order that is not ascending: the refusals list their products in
 the order they were asked for, the reservation its lines by product id."""
 
-import importlib.util
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-VERSIONS = Path(__file__).resolve().parents[1] / "migrations" / "versions"
+from common.migrations import revision_module
+
+VERSIONS = str(Path(__file__).resolve().parents[1] / "migrations" / "versions")
 
 
-def _reserve_of(filename):
-    spec = importlib.util.spec_from_file_location(f"products_{filename}", VERSIONS / filename)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RESERVE
-
-
-PREVIOUS = _reserve_of("0004_stock_functions_by_index.py").replace(
+PREVIOUS = revision_module(VERSIONS, "0004_stock_functions_by_index.py").RESERVE.replace(
     "FUNCTION shop_reserve_stock(", "FUNCTION pg_temp.shop_reserve_stock_0004("
 )
 WRITES = text("""

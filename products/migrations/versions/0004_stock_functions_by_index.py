@@ -16,10 +16,11 @@ Revision ID: 0004
 Revises: 0003
 """
 
-import importlib.util
 import os
 
 from alembic import op
+
+from common.migrations import revision_module
 
 revision = "0004"
 down_revision = "0003"
@@ -145,17 +146,8 @@ def upgrade() -> None:
     op.execute(RELEASE)
 
 
-def _revision_0003():
-    path = os.path.join(os.path.dirname(__file__), "0003_stock_functions.py")
-    spec = importlib.util.spec_from_file_location("products_migration_0003", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def downgrade() -> None:
-    previous = _revision_0003()
+    previous = revision_module(os.path.dirname(__file__), "0003_stock_functions.py")
     op.execute(previous.HOLD_LINES)
     op.execute(previous.RESERVE)
     op.execute(previous.RELEASE)

@@ -22,10 +22,11 @@ Revision ID: 0005
 Revises: 0004
 """
 
-import importlib.util
 import os
 
 from alembic import op
+
+from common.migrations import revision_module
 
 revision = "0005"
 down_revision = "0004"
@@ -133,14 +134,6 @@ def upgrade() -> None:
     op.execute(RESERVE)
 
 
-def _revision_0004():
-    path = os.path.join(os.path.dirname(__file__), "0004_stock_functions_by_index.py")
-    spec = importlib.util.spec_from_file_location("products_migration_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def downgrade() -> None:
-    op.execute(_revision_0004().RESERVE)
+    previous = revision_module(os.path.dirname(__file__), "0004_stock_functions_by_index.py")
+    op.execute(previous.RESERVE)
