@@ -106,8 +106,8 @@ class NewOrder:
     the common path of ``create_order`` writes it with two Core statements, each a call of
     a server-side function (the insert, then the lines and the final update in one),
     instead of the ORM's unit of work, which was a third of the orders process's CPU per
-    order (docs/BENCHMARKS.md, issue 14). It has
-    what :mod:`orders.flow` reads and sets, and what ``OrderSchema`` dumps."""
+    order (docs/BENCHMARKS.md, issue 14). It has what :mod:`orders.flow` reads and sets,
+    and what ``OrderSchema`` dumps."""
 
     id: int
     order_ref: str
