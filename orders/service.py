@@ -81,7 +81,10 @@ def remember(session, customer_id):
 
 def IN_FLIGHT_LOCK(order_ref):  # noqa: N802 - a SQL expression, named as one
     """``pg_advisory_xact_lock`` on ``order_ref``: held by the transaction placing the order
-    until it commits or rolls back (see :meth:`OrdersService.order_states`)."""
+    until it commits or rolls back (see :meth:`OrdersService.order_states`). A new order
+    takes the same key in ``shop_insert_order`` (orders migration 0006);
+    ``test_an_order_being_placed_is_in_flight_until_its_transaction_ends`` holds them
+    together."""
     return func.pg_advisory_xact_lock(func.hashtextextended(order_ref, 0))
 
 

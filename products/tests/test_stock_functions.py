@@ -14,7 +14,13 @@ from sqlalchemy import text
 from common.migrations import revision_module
 
 VERSIONS = str(Path(__file__).resolve().parents[1] / "migrations" / "versions")
-FUNCTIONS = ("shop_hold_lines", "shop_reserve_stock", "shop_release_stock")
+# each kind of step: its function and its arguments
+CALLS = {
+    "reserve": ("shop_reserve_stock", "(:ref, :ids, :quantities, :max_total)"),
+    "release": ("shop_release_stock", "(:ref)"),
+    "lines": ("shop_hold_lines", "(:ref)"),
+}
+FUNCTIONS = [function for function, _ in CALLS.values()]
 
 
 def _as_0004(sql):
@@ -29,16 +35,6 @@ PREVIOUS_FUNCTIONS = [
     _as_0004(PREVIOUS.RESERVE),
     _as_0004(PREVIOUS.RELEASE),
 ]
-CALLS = {
-    "reserve": "{}(:ref, :ids, :quantities, :max_total)",
-    "release": "{}(:ref)",
-    "lines": "{}(:ref)",
-}
-NAMES = {
-    "reserve": "shop_reserve_stock",
-    "release": "shop_release_stock",
-    "lines": "shop_hold_lines",
-}
 WRITES = text("""
     SELECT (SELECT jsonb_object_agg(id, stock) FROM products),
            (SELECT jsonb_agg(jsonb_build_array(order_ref, status) ORDER BY order_ref)
@@ -111,10 +107,10 @@ def test_the_stock_functions_answer_and_write_as_0004_did(catalog, steps):
         answers = []
         for kind, order_ref, spec in steps:
             product_ids, quantities = _lines(ids, spec)
-            call = CALLS[kind].format(schema + NAMES[kind] + suffix)
+            function, arguments = CALLS[kind]
             answers.append(
                 conn.scalar(
-                    text(f"SELECT {call}"),
+                    text(f"SELECT {schema}{function}{suffix}{arguments}"),
                     {
                         "ref": order_ref,
                         "ids": product_ids,

@@ -3,8 +3,10 @@
 A new order writes twice: the pending row (with the customer check and the in-flight
 advisory lock, orders/service.py ``NewOrder.insert``), then its lines and outcome
 (``NewOrder.record``). Sent as statements, PostgreSQL parsed and planned both on every
-order (psycopg2 has no server-side prepared statements): about half of the orders
-database's CPU per order, 0.3-0.4 ms in a loop (docs/BENCHMARKS.md, issue 24 step 4).
+order (psycopg2 has no server-side prepared statements): 740-907 us of the database's
+CPU for a new order's writes in a loop, 387-487 us as functions; in the running stack,
+about 0.14 ms of the orders database's 1.1 ms per order (docs/BENCHMARKS.md, issue 24
+step 4).
 PL/pgSQL caches the plans of the statements inside a function for the life of the
 connection; the statement sent is then only the call. As functions rather than
 ``PREPARE``, nothing lives in the session that a pooler could lose.
@@ -28,7 +30,8 @@ branch_labels = None
 depends_on = None
 
 # The order pending; ``known``: whether the local view knows the customer. The advisory
-# lock marks the order in flight until the caller's transaction ends (``lock_in_flight``).
+# lock marks the order in flight until the caller's transaction ends; its key is the one of
+# orders/service.py ``IN_FLIGHT_LOCK`` (``lock_in_flight``, ``IN_FLIGHT``).
 # A used idempotency key raises unique_violation, as the INSERT did.
 INSERT_ORDER = """
 CREATE OR REPLACE FUNCTION shop_insert_order(

@@ -5,11 +5,11 @@ time: its statements keep one cached plan per session instead of being planned p
 joins with the unnested lines. Against a catalog of a few thousand rows, the generic plan
 of such a statement is a sequential scan that costs more than a custom plan, so
 PostgreSQL's plan cache (``plan_cache_mode = auto``) planned every one of its nine
-statements again on every call: about 1.2 ms of the database's CPU per reservation, the
+statements again on every call: 1.1-1.5 ms of the database's CPU per reservation, the
 largest single cost of an order in PostgreSQL (docs/BENCHMARKS.md, issue 24 step 4). Here
 every statement that reads a table does it by ``id = <one id>`` or by ``order_ref``,
 whose generic plan is the index scan its custom plan would be: each is planned once per
-connection and then reused (about 0.5 ms per reservation). The lines the answer carries
+connection and then reused (285-350 us per reservation in a loop). The lines the answer carries
 are built while the rows are locked rather than read back through ``shop_hold_lines``
 (a SQL function, planned again on each call).
 
